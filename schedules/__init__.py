@@ -1,0 +1,10 @@
+"""Built-in schedule plugins, one module per order. Importing this package registers them."""
+
+from orderlab.schedules.diagonal import Diagonal
+from orderlab.schedules.locality import Locality
+from orderlab.schedules.lshape import LShape
+from orderlab.schedules.multiscale import Multiscale
+from orderlab.schedules.random import Random
+from orderlab.schedules.raster import Raster
+
+__all__ = ["Diagonal", "LShape", "Locality", "Multiscale", "Random", "Raster"]

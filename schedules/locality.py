@@ -1,0 +1,130 @@
+"""Locality-aware order: near the context, far from each other (LPD, arXiv 2507.01957, Algorithm 1)."""
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from orderlab.plan import PlanError
+from orderlab.schedule import Schedule, register_schedule
+from orderlab.sizes import SizeSpec, resolve_sizes
+
+_FILLS = ("group", "generated")
+_PUBLISHED_BUDGET = {256: 20, 1024: 48}  # LPD's evaluated budgets at 256 px and 512 px
+
+
+def natural_locality_steps(n: int) -> int:
+    """LPD's published budget where one exists (256 -> 20, 1024 -> 48), else round(1.25 * sqrt(N)) (ours)."""
+    return _PUBLISHED_BUDGET.get(n, max(1, min(n, round(1.25 * math.sqrt(n)))))
+
+
+@register_schedule("locality")
+@dataclass(frozen=True)
+class Locality(Schedule):
+    """LPD's locality-aware order, following ``lpd/orders/lpd_order.py``.
+
+    Each step scores every free cell by proximity to generated cells (sum of 1/distance over generated
+    8-neighbours), shuffles then stable-sorts by score, and greedily accepts cells with score >= ``proximity`` that
+    are more than ``repulsion`` (Chebyshev) from the group's earlier picks. If that leaves the group short, the
+    rest comes by farthest-point sampling from the rejected, unvisited and low-score cells, measured against the
+    group's own picks (LPD) or against every generated cell too (``fill="generated"``, an ablation LPD lacks).
+    The first pick of an empty group with nothing generated is uniformly random.
+
+    Natural budget: LPD's own (20 steps at 16x16, 48 at 32x32), elsewhere round(1.25 * sqrt(N)).
+    """
+
+    stochastic: ClassVar[bool] = True
+    sizes: SizeSpec = "lpd"
+    """Group-size rule (cosine, arccos, uniform, lpd, power:p) or an explicit list; LPD wants a first group of 1."""
+    proximity: float = 1.0
+    """tau_p: minimum proximity score for the greedy phase (1.0 = one edge or two diagonal neighbours)."""
+    repulsion: int = 2
+    """tau_r: picks of one group must be more than this many cells apart (Chebyshev); LPD uses 2 at 16x16, 4 at 32x32."""
+    fill: str = "group"
+    """Farthest-point fill measured against the group's picks ("group", LPD) or also all generated cells."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.proximity, (int, float)) and math.isfinite(self.proximity) and self.proximity >= 0):
+            raise PlanError(f"locality: proximity must be a finite number >= 0, got {self.proximity!r}")
+        if isinstance(self.repulsion, bool) or not isinstance(self.repulsion, int) or self.repulsion < 0:
+            raise PlanError(f"locality: repulsion must be an int >= 0, got {self.repulsion!r}")
+        if self.fill not in _FILLS:
+            raise PlanError(f"locality: fill={self.fill!r} is not one of {list(_FILLS)}")
+
+    def _groups(self, height, width, steps, generator, is_known):
+        n = height * width
+        m = n - int(is_known.sum())
+        if steps is None:
+            steps = len(self.sizes) if not isinstance(self.sizes, str) else natural_locality_steps(m)
+        sizes = resolve_sizes(self.sizes, m, steps)
+        rows, cols = (torch.arange(n) // width).tolist(), (torch.arange(n) % width).tolist()
+        nbrs = _neighbours(height, width)
+        generated = is_known.clone()  # (N,)
+        prox = torch.zeros(n, dtype=torch.float64)  # (N,)
+        for p in torch.nonzero(is_known).flatten().tolist():
+            for q, wgt in nbrs[p]:
+                prox[q] += wgt
+        groups = []
+        for g in sizes:
+            free = torch.nonzero(~generated).flatten()  # (M,)
+            free = free[torch.randperm(free.numel(), generator=generator)]  # random tie-break
+            free = free[torch.argsort(-prox[free], stable=True)]
+            high_mask = prox[free] >= self.proximity - 1e-9
+            high, low = free[high_mask].tolist(), free[~high_mask].tolist()
+            picks, rejected, i = [], [], 0
+            while i < len(high) and len(picks) < g:
+                c = high[i]
+                i += 1
+                r = self.repulsion
+                if any(abs(rows[c] - rows[a]) <= r and abs(cols[c] - cols[a]) <= r for a in picks):
+                    rejected.append(c)
+                else:
+                    picks.append(c)
+            if len(picks) < g:
+                pool = rejected + high[i:] + low
+                anchors = picks + (torch.nonzero(generated).flatten().tolist() if self.fill == "generated" else [])
+                picks += _farthest_points(pool, g - len(picks), anchors, width, generator)
+            group = torch.tensor(picks, dtype=torch.long)
+            generated[group] = True
+            for p in picks:
+                for q, wgt in nbrs[p]:
+                    prox[q] += wgt
+            groups.append(group)
+        return groups
+
+
+def _neighbours(height: int, width: int) -> list[list[tuple[int, float]]]:
+    """For every cell, its 8-neighbours with weight 1 / Euclidean distance."""
+    out = []
+    for p in range(height * width):
+        r, c = divmod(p, width)
+        out.append([((r + dr) * width + c + dc, 1.0 if dr == 0 or dc == 0 else 1 / math.sqrt(2))
+                    for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                    if (dr or dc) and 0 <= r + dr < height and 0 <= c + dc < width])
+    return out
+
+
+def _farthest_points(pool: list[int], k: int, anchors: list[int], width: int,
+                     generator: torch.Generator) -> list[int]:
+    """Pick k cells of ``pool`` one by one, each maximising its Euclidean distance to the anchors and earlier picks.
+
+    Ties go to the first cell in pool order; with no anchor the first pick is uniformly random. Following LPD.
+    """
+    if len(pool) <= k:
+        return list(pool)
+    cand = torch.tensor(pool, dtype=torch.long)
+    xy = torch.stack([cand // width, cand % width], dim=1).double()  # (P, 2)
+    dist = torch.full((len(pool),), math.inf, dtype=torch.float64)  # (P,)
+    if anchors:
+        a = torch.tensor(anchors, dtype=torch.long)
+        axy = torch.stack([a // width, a % width], dim=1).double()  # (A, 2)
+        dist = torch.cdist(xy, axy).min(dim=1).values
+    picked = []
+    for _ in range(k):
+        j = int(torch.randint(len(pool), (1,), generator=generator)) if not picked and not anchors \
+            else int(torch.argmax(dist))  # argmax returns the first maximum
+        picked.append(j)
+        dist = torch.minimum(dist, (xy - xy[j]).pow(2).sum(1).sqrt())
+        dist[picked] = -1.0
+    return [pool[j] for j in picked]

@@ -1,0 +1,21 @@
+"""orderlab: generation order in autoregressive image generation, as plugins and experiments."""
+
+from orderlab.plan import Plan, PlanError
+from orderlab.schedule import (
+    GeometricSchedule,
+    OrderSchedule,
+    Schedule,
+    fit_groups,
+    get_schedule,
+    list_schedules,
+    register_schedule,
+    schedule_class,
+)
+from orderlab.sizes import list_size_rules, register_size_rule, resolve_sizes
+
+__version__ = "0.1.0"
+__all__ = [
+    "GeometricSchedule", "OrderSchedule", "Plan", "PlanError", "Schedule", "fit_groups", "get_schedule",
+    "list_schedules", "list_size_rules", "register_schedule", "register_size_rule", "resolve_sizes",
+    "schedule_class",
+]
