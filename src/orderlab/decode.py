@@ -1,0 +1,165 @@
+"""Parallel decoding with a KV cache: one model forward per step, driven by a Plan (free functions, LlamaGen style).
+
+Step t feeds the tokens chosen at step t-1 (the condition, and any known tokens, at t = 0) plus the queries of
+group t, fused into one forward as in LPD. The cache keeps condition + known + generated tokens; query K/V are
+never kept. CFG doubles the batch with null-class rows. Sample i of a batch draws its plan and its tokens from
+its own generator seeded with ``seed + i``, so a batch decodes exactly like its items one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from orderlab.masks import step_cache_rows, step_mask
+from orderlab.plan import Plan
+from orderlab.sampling import cfg_scales, sample_from_logits
+from orderlab.schedule import Schedule, get_schedule
+
+__all__ = ["generate", "make_plans", "run_plans", "DecodeInfo"]
+
+Pick = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class DecodeInfo:
+    """What a decode did: forward passes, the rows of each pass, and the plans used."""
+
+    forward_passes: int = 0
+    rows_per_pass: list[int] = field(default_factory=list)
+    plans: list[Plan] = field(default_factory=list)
+
+
+def _check_known(known, batch: int, height: int, width: int):
+    """Validate ``known = (tokens (B, H, W), mask (H, W) or (B, H, W))``; return tokens (B, N) and masks (B, H, W)."""
+    if known is None:
+        return None, [None] * batch
+    tokens, mask = known
+    if tuple(tokens.shape) != (batch, height, width):
+        raise ValueError(f"known tokens must have shape ({batch}, {height}, {width}), got {tuple(tokens.shape)}")
+    if mask.dtype != torch.bool or tuple(mask.shape) not in ((height, width), (batch, height, width)):
+        raise ValueError(f"known mask must be bool of shape ({height}, {width}) or ({batch}, {height}, {width}), "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+    masks = mask.expand(batch, height, width).cpu()
+    return tokens.reshape(batch, -1), list(masks)
+
+
+def make_plans(schedule: Schedule | str, height: int, width: int, steps: int | None, batch: int, seed: int,
+               known_masks=None) -> tuple[list[Plan], list[torch.Generator]]:
+    """One plan per sample, each from its own generator (seed + i); all must share their group sizes."""
+    schedule = get_schedule(schedule)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+    known_masks = known_masks if known_masks is not None else [None] * batch
+    plans = [schedule.plan(height, width, steps, g, known=k) for g, k in zip(gens, known_masks)]
+    if len({(p.sizes, p.num_known) for p in plans}) > 1:
+        raise ValueError("samples of one batch got different group sizes (different known masks?); decode them apart")
+    return plans, gens
+
+
+def run_plans(model, labels: torch.Tensor, plans: list[Plan], pick: Pick, *, known_tokens: torch.Tensor | None = None,
+              cfg_scale: float = 1.0, cfg_schedule: str = "constant", mutual: bool | None = None,
+              block: bool | None = None) -> tuple[torch.Tensor, DecodeInfo]:
+    """Drive the cached decode loop over per-sample plans; ``pick(t, logits (B, G, V), positions (B, G))`` chooses
+    the tokens of group t (sampling, or the true tokens for teacher forcing).
+
+    Returns:
+        tokens (B, N) in row-major order, and a DecodeInfo.
+    """
+    cfg = model.config
+    mutual = cfg.mutual if mutual is None else mutual
+    block = cfg.block if block is None else block
+    b, n, c = labels.shape[0], cfg.num_tokens, cfg.cond_tokens
+    device = labels.device
+    if len(plans) != b:
+        raise ValueError(f"{len(plans)} plans for a batch of {b}")
+    if (plans[0].height, plans[0].width) != (cfg.height, cfg.width):
+        raise ValueError(f"plans are for a {plans[0].height}x{plans[0].width} grid, the model for "
+                         f"{cfg.height}x{cfg.width}")
+    sizes, k = plans[0].sizes, plans[0].num_known
+    guided = cfg_scale != 1.0
+    if guided and cfg.null_label is None:
+        raise ValueError(f"cfg_scale={cfg_scale} needs a model trained with a null class (model.null_class=true)")
+    if guided:
+        labels = torch.cat([labels, torch.full_like(labels, cfg.null_label)])
+    orders = torch.stack([p.order for p in plans]).to(device)  # (B, N)
+    out = torch.zeros(b, n, dtype=torch.long, device=device)  # (B, N) row-major
+    prev_tok = prev_pos = orders[:, :0]  # (B, 0)
+    if k:
+        if known_tokens is None:
+            raise ValueError("plans have known positions but no known tokens were given")
+        prev_pos = orders[:, :k]
+        prev_tok = torch.gather(known_tokens.to(device), 1, prev_pos)  # (B, K)
+        out.scatter_(1, prev_pos, prev_tok)
+    info = DecodeInfo(plans=plans)
+    rows = 2 * b if guided else b
+    model.setup_cache(rows, c + n, device=device)
+    try:
+        for t, size in enumerate(sizes):
+            start = k + sum(sizes[:t])
+            q_pos = orders[:, start:start + size]  # (B, G)
+            tok_in = torch.cat([prev_tok, torch.full_like(q_pos, model.mask_id)], dim=1)
+            pos_in = torch.cat([prev_pos, q_pos], dim=1)
+            if guided:
+                tok_in, pos_in = tok_in.repeat(2, 1), pos_in.repeat(2, 1)
+            mask = step_mask(sizes, t, c, k, mutual, block, device=device)
+            logits = model.forward_step(labels if t == 0 else None, tok_in, pos_in, mask,
+                                        step_cache_rows(sizes, t, c, k), num_logits=size)  # (rows, G, V)
+            info.forward_passes += 1
+            info.rows_per_pass.append(tok_in.shape[0])
+            if guided:
+                w = cfg_scales(cfg_schedule, cfg_scale, start - k, size, n - k).to(device, logits.dtype)  # (G,)
+                cond, uncond = logits[:b], logits[b:]
+                logits = uncond + w.view(1, -1, 1) * (cond - uncond)
+            chosen = pick(t, logits, q_pos)  # (B, G)
+            out.scatter_(1, q_pos, chosen)
+            prev_tok, prev_pos = chosen, q_pos
+    finally:
+        model.reset_cache()
+    return out, info
+
+
+@torch.inference_mode()
+def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.Tensor, *, cfg_scale: float = 1.0,
+             cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             seed: int = 0, known=None, return_info: bool = False):
+    """Generate token grids with a schedule at a step budget; exactly one model forward per step.
+
+    Args:
+        model: a backbone (FlexTransformer or DecoupledTransformer).
+        schedule: a Schedule or a registered name.
+        steps: T; None for the schedule's natural budget.
+        labels: (B,) class labels (the null label for unconditional samples); their device is the device used.
+        cfg_scale, cfg_schedule: guidance weight and its schedule ("constant", "linear" per step as in ARPG,
+            "linear_token" per token as in LPD).
+        temperature, top_k, top_p: sampling; temperature 0 is greedy.
+        seed: sample i uses ``seed + i`` for its plan and its tokens.
+        known: optional ``(tokens (B, H, W), mask (H, W) or (B, H, W) bool)`` for in/out-painting and editing: known
+            tokens are prefilled into the cache and come back unchanged; the schedule orders only the rest.
+    Returns:
+        tokens (B, H, W), plus a DecodeInfo when ``return_info``.
+    """
+    cfg = model.config
+    model.check_labels(labels)
+    b = labels.shape[0]
+    known_tokens, known_masks = _check_known(known, b, cfg.height, cfg.width)
+    plans, gens = make_plans(schedule, cfg.height, cfg.width, steps, b, seed, known_masks)
+    if known_tokens is not None:
+        bad = known_tokens[torch.stack(known_masks).reshape(b, -1).to(known_tokens.device)]
+        if bad.numel() and (bad.min() < 0 or bad.max() >= cfg.vocab_size):
+            raise ValueError(f"known tokens must lie in 0..{cfg.vocab_size - 1}, got {int(bad.min())}..{int(bad.max())}")
+
+    def pick(t: int, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        u = torch.stack([torch.rand(positions.shape[1], generator=g) for g in gens])  # (B, G)
+        return sample_from_logits(logits, u.to(logits.device), temperature, top_k, top_p)
+
+    was_training = model.training
+    model.eval()
+    try:
+        tokens, info = run_plans(model, labels, plans, pick, known_tokens=known_tokens, cfg_scale=cfg_scale,
+                                 cfg_schedule=cfg_schedule)
+    finally:
+        model.train(was_training)
+    tokens = tokens.view(b, cfg.height, cfg.width)
+    return (tokens, info) if return_info else tokens

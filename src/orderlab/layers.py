@@ -1,0 +1,159 @@
+"""Transformer parts shared by both backbones: RMSNorm, SwiGLU, 2D RoPE, attention with a KV cache and a probe.
+
+LlamaGen-style blocks (pre-norm, RMSNorm, SwiGLU, no biases). Nothing here knows about orders or schedules:
+attention takes whatever boolean mask (True = may attend) the caller builds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["RMSNorm", "SwiGLU", "Attention", "Block", "KVCache", "rope_tables", "apply_rope", "find_multiple"]
+
+
+def find_multiple(n: int, k: int) -> int:
+    """Smallest multiple of k that is >= n (LlamaGen's FFN width rule)."""
+    return n if n % k == 0 else n + k - n % k
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.to(x.dtype) * self.weight
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def rope_tables(positions: torch.Tensor, width: int, head_dim: int, base: float = 10000.0,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """2D RoPE angles for row-major grid positions: half the pairs rotate by row, half by column.
+
+    Args:
+        positions: (B, L) row-major positions ``r * width + c``; negative entries (condition tokens) get no rotation
+            (LlamaGen zeroes them, which makes the class token's q and k vanish; we keep them intact).
+    Returns:
+        cos, sin: (B, 1, L, head_dim // 2).
+    """
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs a head dim divisible by 4, got {head_dim}")
+    quarter = head_dim // 4
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    freqs = base ** (-torch.arange(quarter, device=positions.device, dtype=work) / quarter)  # (Dh/4,)
+    pos = positions.clamp(min=0)
+    rows, cols = (pos // width).to(work), (pos % width).to(work)  # (B, L)
+    ang = torch.cat([rows.unsqueeze(-1) * freqs, cols.unsqueeze(-1) * freqs], dim=-1)  # (B, L, Dh/2)
+    ang = ang * (positions >= 0).unsqueeze(-1)
+    return ang.cos().unsqueeze(1).to(dtype), ang.sin().unsqueeze(1).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x (B, Hh, L, Dh) by the angles in cos/sin (B, 1, L, Dh/2)."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class KVCache:
+    """Preallocated keys and values of one attention layer: (B, Hh, S, Dh), filled from slot 0 up to ``length``."""
+
+    def __init__(self, batch: int, heads: int, slots: int, head_dim: int, device, dtype):
+        self.k = torch.zeros(batch, heads, slots, head_dim, device=device, dtype=dtype)  # (B, Hh, S, Dh)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, Hh, n, Dh) at the end; return the filled part of the cache."""
+        n = k.shape[2]
+        if self.length + n > self.k.shape[2]:
+            raise RuntimeError(f"KV cache overflow: {self.length} + {n} > {self.k.shape[2]} slots")
+        self.k[:, :, self.length:self.length + n] = k
+        self.v[:, :, self.length:self.length + n] = v
+        self.length += n
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after ``length`` slots (speculative decoding rolls back rejected drafts)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.length = length
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dropout: float,
+           probe: list | None) -> torch.Tensor:
+    """SDPA with a boolean mask (True = may attend); q (B, Hh, R, Dh), k/v (B, Hh, K, Dh) -> (B, Hh, R, Dh)."""
+    if probe is not None:  # explicit weights for the attention probe; only when asked for
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, Hh, R, K)
+        probe.append(scores.masked_fill(~mask, float("-inf")).softmax(-1).detach().float())
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with 2D RoPE; in step mode the first rows' K/V are appended to a cache."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.cache: KVCache | None = None
+        self.probe: list | None = None
+
+    def forward(self, x: torch.Tensor, rope: tuple | None, mask: torch.Tensor,
+                cache_rows: int | None = None) -> torch.Tensor:
+        """x (B, L, D); mask (L, K) with K = L (training) or cache length + L - cache_rows (step mode).
+
+        cache_rows: None for a plain forward; in step mode, the number of leading rows whose K/V join the cache.
+        """
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, Hh, L, Dh)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache_rows is not None:
+            if self.cache is None:
+                raise RuntimeError("step mode needs a KV cache: call setup_cache() first")
+            ck, cv = self.cache.append(k[:, :, :cache_rows], v[:, :, :cache_rows])
+            k = torch.cat([ck, k[:, :, cache_rows:]], dim=2)  # (B, Hh, K, Dh)
+            v = torch.cat([cv, v[:, :, cache_rows:]], dim=2)
+        drop = self.dropout if self.training else 0.0
+        out = attend(q, k, v, mask, drop, self.probe)  # (B, Hh, L, Dh)
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.attn_norm, self.ffn_norm = RMSNorm(dim), RMSNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.ffn = SwiGLU(dim, hidden, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, rope, mask, cache_rows: int | None = None):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, cache_rows))
+        return x + self.ffn(self.ffn_norm(x))

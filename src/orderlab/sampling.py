@@ -1,0 +1,71 @@
+"""Token sampling (temperature, top-k, top-p) and classifier-free-guidance scale schedules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["filter_logits", "sample_from_logits", "cfg_scales", "CFG_SCHEDULES"]
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Keep the top-k logits and the smallest set whose probability reaches top_p; the rest become -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, idx, drop), float("-inf"))
+    return logits
+
+
+def sample_from_logits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                       top_p: float = 1.0) -> torch.Tensor:
+    """Draw one token per row by inverting the CDF at the given uniforms; temperature 0 means argmax.
+
+    Args:
+        logits: (B, G, V).
+        uniforms: (B, G) in [0, 1), drawn by the caller from per-sample generators so that a sample's tokens do not
+            depend on the rest of the batch.
+    Returns:
+        (B, G) token ids.
+    """
+    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)  # (B, G, V)
+    cdf = probs.cumsum(-1)
+    u = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def _constant(scale: float, start: int, size: int, n: int) -> torch.Tensor:
+    return torch.full((size,), float(scale))
+
+
+def _linear_step(scale: float, start: int, size: int, n: int) -> torch.Tensor:
+    # following ARPG: 1 + (w - 1) * (tokens generated once this step is done) / N, one value per step
+    return torch.full((size,), 1 + (scale - 1) * (start + size) / n)
+
+
+def _linear_token(scale: float, start: int, size: int, n: int) -> torch.Tensor:
+    # following LPD: 1 + (w - 1) * j / N with j the token's 0-based index in the generation order
+    return 1 + (scale - 1) * torch.arange(start, start + size, dtype=torch.float64) / n
+
+
+CFG_SCHEDULES: dict[str, Callable[[float, int, int, int], torch.Tensor]] = {
+    "constant": _constant,
+    "linear": _linear_step,
+    "linear_token": _linear_token,
+}
+
+
+def cfg_scales(schedule: str, scale: float, start: int, size: int, n: int) -> torch.Tensor:
+    """(G,) guidance scales for a group of ``size`` tokens that starts at index ``start`` of the N-token order."""
+    if schedule not in CFG_SCHEDULES:
+        raise ValueError(f"cfg_schedule={schedule!r} is not one of {sorted(CFG_SCHEDULES)}")
+    return CFG_SCHEDULES[schedule](scale, start, size, n)

@@ -1,0 +1,120 @@
+import pytest
+import torch
+from helpers import tiny_model
+
+from orderlab import PlanError, list_schedules
+from orderlab.decode import generate
+from orderlab.sampling import cfg_scales, filter_logits
+
+H, W = 4, 5
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a backbone and counts forward_step calls and their batch rows."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls, self.rows = inner, 0, []
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def forward_step(self, labels, tokens, *args, **kwargs):
+        self.calls += 1
+        self.rows.append(tokens.shape[0])
+        return self.inner.forward_step(labels, tokens, *args, **kwargs)
+
+
+@pytest.mark.parametrize("schedule", list_schedules())
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_one_forward_per_step(schedule, cfg):
+    model = CountingModel(tiny_model(dtype=torch.float32))
+    for steps in (1, 4, H * W):
+        model.calls, model.rows = 0, []
+        out = generate(model, schedule, steps, torch.tensor([0, 1, 2]), cfg_scale=cfg, seed=0)
+        assert out.shape == (3, H, W) and out.min() >= 0 and out.max() < 7
+        assert model.calls == steps
+        assert set(model.rows) == {6 if cfg != 1.0 else 3}
+
+
+@pytest.mark.parametrize("arch", ["flex", "decoupled"])
+def test_batch_equals_items_one_by_one_and_seeds(arch):
+    model = tiny_model(arch, mutual=arch == "flex")
+    labels = torch.tensor([0, 1, 2])
+    kwargs = dict(cfg_scale=2.0, cfg_schedule="linear_token", temperature=1.0, top_k=5, top_p=0.9)
+    batch = generate(model, "locality", 6, labels, seed=10, **kwargs)
+    for i in range(3):
+        alone = generate(model, "locality", 6, labels[i:i + 1], seed=10 + i, **kwargs)
+        assert torch.equal(alone[0], batch[i])
+    assert torch.equal(batch, generate(model, "locality", 6, labels, seed=10, **kwargs))
+    assert not torch.equal(batch, generate(model, "locality", 6, labels, seed=11, **kwargs))
+
+
+def test_greedy_is_deterministic_and_temperature_matters():
+    model = tiny_model()
+    labels = torch.tensor([0, 1])
+    a = generate(model, "random", 5, labels, temperature=0.0, seed=0)
+    b = generate(model, "random", 5, labels, temperature=0.0, seed=0)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("schedule", list_schedules())
+def test_inpainting_keeps_known_tokens(schedule):
+    model = CountingModel(tiny_model())
+    truth = torch.randint(0, 7, (2, H, W), generator=torch.Generator().manual_seed(0))
+    known = torch.zeros(H, W, dtype=torch.bool)
+    known[:2] = True  # outpaint the bottom half
+    out, info = generate(model, schedule, 3, torch.tensor([0, 1]), known=(truth, known), seed=3, return_info=True)
+    assert torch.equal(out[:, known], truth[:, known])
+    assert model.calls == 3 == info.forward_passes
+    assert all(p.num_known == 10 and set(p.order[10:].tolist()) == set(range(10, 20)) for p in info.plans)
+    # the unknown part is generated (two different seeds give different completions somewhere)
+    other = generate(model, schedule, 3, torch.tensor([0, 1]), known=(truth, known), seed=4)
+    assert not torch.equal(out[:, ~known], other[:, ~known])
+
+
+def test_per_sample_known_masks_with_equal_counts():
+    model = tiny_model()
+    truth = torch.randint(0, 7, (2, H, W))
+    known = torch.zeros(2, H, W, dtype=torch.bool)
+    known[0, 0, 0] = True
+    known[1, 3, 4] = True
+    out = generate(model, "random", 4, torch.tensor([0, 1]), known=(truth, known))
+    assert out[0, 0, 0] == truth[0, 0, 0] and out[1, 3, 4] == truth[1, 3, 4]
+
+
+def test_bad_inputs_fail_clearly():
+    model = tiny_model()
+    labels = torch.tensor([0])
+    with pytest.raises(ValueError, match="label 9"):
+        generate(model, "raster", 4, torch.tensor([9]))
+    with pytest.raises(PlanError, match="steps=21"):
+        generate(model, "raster", 21, labels)
+    with pytest.raises(ValueError, match=r"known mask must be bool of shape \(4, 5\)"):
+        generate(model, "raster", 4, labels, known=(torch.zeros(1, H, W, dtype=torch.long),
+                                                    torch.zeros(3, 3, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="known tokens must have shape"):
+        generate(model, "raster", 4, labels, known=(torch.zeros(H, W, dtype=torch.long),
+                                                    torch.zeros(H, W, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="null class"):
+        generate(tiny_model(null_class=False), "raster", 4, labels, cfg_scale=2.0)
+    with pytest.raises(ValueError, match="cfg_schedule='cosine'"):
+        generate(model, "raster", 4, labels, cfg_scale=2.0, cfg_schedule="cosine")
+    with pytest.raises(KeyError, match="unknown schedule 'spiral'"):
+        generate(model, "spiral", 4, labels)
+
+
+def test_cfg_schedules_follow_the_anchors():
+    assert cfg_scales("constant", 3.0, 4, 2, 16).tolist() == [3.0, 3.0]
+    assert cfg_scales("linear", 3.0, 4, 4, 16).tolist() == [2.0] * 4  # ARPG: 1 + 2 * 8/16
+    assert cfg_scales("linear_token", 3.0, 4, 2, 16).tolist() == [1.5, 1.625]  # LPD: 1 + 2 * j/16
+
+
+def test_top_k_top_p_filtering():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, False, False, True]]
