@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/orderlab demo
+	$(BIN)/orderlab schedules --out runs/schedules
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -1,6 +1,7 @@
 """orderlab: generation order in autoregressive image generation, as plugins and experiments."""
 
 from orderlab.plan import Plan, PlanError
+from orderlab.plan_metrics import plan_metrics
 from orderlab.schedule import (
     GeometricSchedule,
     OrderSchedule,
@@ -16,6 +17,6 @@ from orderlab.sizes import list_size_rules, register_size_rule, resolve_sizes
 __version__ = "0.1.0"
 __all__ = [
     "GeometricSchedule", "OrderSchedule", "Plan", "PlanError", "Schedule", "fit_groups", "get_schedule",
-    "list_schedules", "list_size_rules", "register_schedule", "register_size_rule", "resolve_sizes",
+    "list_schedules", "list_size_rules", "plan_metrics", "register_schedule", "register_size_rule", "resolve_sizes",
     "schedule_class",
 ]

@@ -12,6 +12,7 @@ import sys
 # subcommand -> "module:function" (imported lazily: `import lightning` alone costs about 5 s)
 COMMANDS: dict[str, str] = {
     "schedules": "orderlab.commands.schedules_cmd:schedules",
+    "bench": "orderlab.commands.bench_cmd:bench",
 }
 LIGHTNING_COMMANDS: tuple[str, ...] = ()  # fit/validate/test arrive with the LightningModule
 

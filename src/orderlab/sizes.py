@@ -141,6 +141,8 @@ def power(n: int, steps: int, p: float = 1.0) -> list[int]:
     """Sizes proportional to ((t+1)/T)^p: p=0 uniform, p>0 growing, p<0 shrinking. A searchable profile (ours)."""
     if not math.isfinite(p):
         raise ValueError(f"exponent must be finite, got {p}")
+    if p == 0:  # rounding the cumulative fractions would scatter the larger groups; p=0 *is* the uniform rule
+        return uniform(n, steps)
     weights = [((t + 1) / steps) ** p for t in range(steps)]
     total = sum(weights)
     cum, acc = [], 0.0
