@@ -98,3 +98,10 @@ def test_makefile_installs_pinned_cpu_torch_before_the_package():
 
 def test_make_test_runs_pytest():
     assert any("-m pytest" in line for line in _dry_run("test"))
+
+
+def test_every_package_is_listed_in_pyproject():
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT / "src").parts) for p in (ROOT / "src").rglob("__init__.py")}
+    found.add("orderlab.schedules")
+    assert found == listed, f"pyproject packages differ from the tree: missing {found - listed}, stale {listed - found}"

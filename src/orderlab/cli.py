@@ -7,14 +7,19 @@ there is one config system and no hand-written argparse layer.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> "module:function" (imported lazily: `import lightning` alone costs about 5 s)
 COMMANDS: dict[str, str] = {
     "schedules": "orderlab.commands.schedules_cmd:schedules",
+    "prepare": "orderlab.commands.prepare_cmd:prepare",
     "bench": "orderlab.commands.bench_cmd:bench",
+    "evaluate": "orderlab.commands.evaluate_cmd:evaluate",
+    "sample": "orderlab.commands.sample_cmd:sample",
+    "demo": "orderlab.commands.demo_cmd:demo",
 }
-LIGHTNING_COMMANDS: tuple[str, ...] = ()  # fit/validate/test arrive with the LightningModule
+LIGHTNING_COMMANDS: tuple[str, ...] = ("fit", "validate", "test")
 
 
 def _usage() -> str:
@@ -39,7 +44,14 @@ def main(argv: list[str] | None = None) -> None:
 
     module, func = COMMANDS[cmd].split(":")
     fn = getattr(importlib.import_module(module), func)
-    CLI(fn, args=rest, prog=f"orderlab {cmd}")
+    try:
+        CLI(fn, args=rest, prog=f"orderlab {cmd}")
+    except (ValueError, KeyError, FileNotFoundError) as err:  # bad input: one line (ORDERLAB_DEBUG=1 for the trace)
+        if os.environ.get("ORDERLAB_DEBUG"):
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        sys.stderr.write(f"orderlab {cmd}: error: {' '.join(str(msg).split())}\n")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,198 @@
+"""Evaluate a trained model under several (schedule, steps) rows: FCD/FID, KID, precision/recall, per-order NLL,
+forward passes and wall time per image, plus a sample grid per row.
+
+One function, :func:`evaluate_row`, is the code path of ``orderlab evaluate``, the demo report and the Optuna
+objective, so every number a study optimises is the number the report shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from orderlab.data.atomic import atomic_write_bytes
+from orderlab.decode import generate
+from orderlab.schedule import get_schedule
+from orderlab.scoring import bits_per_token, token_logprobs
+
+__all__ = ["Row", "parse_row", "evaluate_row", "nll_bits", "write_table", "image_grid", "save_grid", "TABLE_KEYS"]
+
+
+@dataclass
+class Row:
+    """One evaluated setting: a schedule (registered name + knobs), a step budget and a decoder."""
+
+    schedule: str
+    steps: int | None = None
+    knobs: dict[str, Any] = field(default_factory=dict)
+    decoder: str = "plan"
+    decoder_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        knobs = ",".join(f"{k}={v}" for k, v in sorted(self.knobs.items()))
+        dec = "" if self.decoder == "plan" else f" [{self.decoder}]"
+        return f"{self.schedule}{'(' + knobs + ')' if knobs else ''}{dec} T={self.steps if self.steps else 'natural'}"
+
+
+_ROW_RE = re.compile(r"^(?P<name>[A-Za-z_][\w-]*)(?::(?P<steps>\d+))?$")
+
+
+def parse_row(spec: str | dict | Row) -> Row:
+    """``"locality:8"``, ``"raster"`` (natural budget) or ``{schedule, steps, knobs, decoder, decoder_args}``."""
+    if isinstance(spec, Row):
+        return spec
+    if isinstance(spec, str):
+        m = _ROW_RE.match(spec.strip())
+        if not m:
+            raise ValueError(f"row {spec!r} is not 'schedule' or 'schedule:steps' (e.g. 'locality:8')")
+        spec = {"schedule": m["name"], "steps": int(m["steps"]) if m["steps"] else None}
+    if not isinstance(spec, dict):
+        raise ValueError(f"row {spec!r} must be a string like 'random:8' or a mapping")
+    unknown = sorted(set(spec) - {f for f in Row.__dataclass_fields__})
+    if unknown:
+        raise ValueError(f"row {spec!r} has unknown key {unknown[0]!r}; keys are {sorted(Row.__dataclass_fields__)}")
+    row = Row(**spec)
+    get_schedule(row.schedule, **row.knobs)  # unknown name or knob fails here, naming it
+    return row
+
+
+def nll_bits(model, tokens: torch.Tensor, labels: torch.Tensor, row: Row, seed: int = 0,
+             batch_size: int = 256) -> float:
+    """Bits per token of held-out (B, H, W) tokens under ``row``'s plans (teacher forcing, one forward/batch)."""
+    cfg = model.config
+    schedule = get_schedule(row.schedule, **row.knobs)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, tokens.shape[0], batch_size):
+            tok, lab = tokens[s:s + batch_size], labels[s:s + batch_size]
+            plans = [schedule.plan(cfg.height, cfg.width, row.steps, torch.Generator().manual_seed(seed + s + i))
+                     for i in range(tok.shape[0])]
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, p in enumerate(plans):  # a schedule may vary its sizes per sample: score each size list apart
+                groups.setdefault(p.sizes, []).append(i)
+            for idx in groups.values():
+                lp = token_logprobs(model, lab[idx], tok[idx], [plans[i] for i in idx])  # (b, N)
+                total += bits_per_token(lp) * lp.numel()
+                count += lp.numel()
+    return total / max(count, 1)
+
+
+def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tokens: torch.Tensor | None = None,
+                 val_labels: torch.Tensor | None = None, batch_size: int = 256, cfg_scale: float = 1.0,
+                 cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int = 0, cache_dir: str | None = None, grid_path: str | None = None) -> dict[str, Any]:
+    """Sample ``num_samples`` images under ``row``, score them against ``real``; one result dict.
+
+    Labels cycle through the classes (balanced); sample i is seeded with ``seed + i``. Wall time counts
+    generation only (not tokenizer decoding or metrics), per image, with the whole batch in flight.
+    """
+    from orderlab.metrics import image_metrics
+
+    model, cfg = loaded.model, loaded.config
+    schedule = get_schedule(row.schedule, **row.knobs)
+    n_cls = max(cfg.num_classes, 1)
+    tokens, passes, seconds, extra = [], 0, 0.0, {}
+    device = next(model.parameters()).device
+    for s in range(0, num_samples, batch_size):
+        b = min(batch_size, num_samples - s)
+        labels = (torch.arange(s, s + b, device=device) % n_cls) if cfg.num_classes else \
+            torch.full((b,), cfg.null_label, device=device)
+        kwargs = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k,
+                      top_p=top_p, seed=seed + s, return_info=True)
+        if row.decoder != "plan":
+            kwargs.update(decoder=row.decoder, decoder_args=row.decoder_args)
+        t0 = time.perf_counter()
+        out, info = generate(model, schedule, row.steps, labels, **kwargs)
+        seconds += time.perf_counter() - t0
+        passes = info.forward_passes if s == 0 else passes  # per batch; equal across batches for plan decoding
+        tokens.append(out.cpu())
+        for key in ("accepted_per_pass",):
+            if getattr(info, key, None) is not None:
+                extra[key] = getattr(info, key)
+    tokens = torch.cat(tokens)  # (num_samples, H, W)
+    images = torch.cat([loaded.decode_tokens(tokens[i:i + 500]) for i in range(0, len(tokens), 500)])
+    metrics = image_metrics(real, images, extractor, num_samples=num_samples, seed=seed, cache_dir=cache_dir)
+    result = {"row": row.label, "schedule": row.schedule, "steps": len(info.plans[0].sizes) if info.plans else
+              row.steps, "decoder": row.decoder, "forward_passes": passes,
+              "ms_per_image": 1000 * seconds / num_samples, **metrics}
+    for key, val in extra.items():
+        result[key] = float(np.mean(val)) if isinstance(val, (list, tuple)) else val
+    if val_tokens is not None and row.decoder == "plan":
+        result["nll_bits_per_token"] = nll_bits(model, val_tokens, val_labels, row, seed=seed)
+    if grid_path:
+        save_grid(images[:64], grid_path, nrow=min(8, n_cls) if cfg.num_classes else 8)
+        result["grid"] = os.path.basename(grid_path)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- output
+TABLE_KEYS = ("row", "forward_passes", "fcd", "fid", "kcd", "kid", "precision", "recall", "nll_bits_per_token",
+              "ms_per_image", "accepted_per_pass")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else (f"{v:.4f}" if abs(v) < 0.1 else f"{v:.2f}")
+    return str(v)
+
+
+def write_table(results: list[dict[str, Any]], out: str, stem: str = "results", meta: dict | None = None) -> dict:
+    """Write ``stem``.md, .csv and .json into ``out`` (each atomically); returns the paths."""
+    keys = [k for k in TABLE_KEYS if any(k in r for r in results)]
+    md = io.StringIO()
+    if meta:
+        md.write("".join(f"- {k}: {v}\n" for k, v in meta.items()) + "\n")
+    md.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
+    for r in results:
+        md.write("| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |\n")
+    buf = io.StringIO()
+    all_keys = sorted({k for r in results for k in r})
+    writer = csv.DictWriter(buf, fieldnames=all_keys)
+    writer.writeheader()
+    writer.writerows(results)
+    paths = {ext: os.path.join(out, f"{stem}.{ext}") for ext in ("md", "csv", "json")}
+    atomic_write_bytes(paths["md"], md.getvalue().encode())
+    atomic_write_bytes(paths["csv"], buf.getvalue().encode())
+    atomic_write_bytes(paths["json"], json.dumps({"meta": meta or {}, "rows": results}, indent=2).encode())
+    return paths
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] -> one (rows*(H+pad)+pad, nrow*(W+pad)+pad, 3) uint8 picture."""
+    b, c, h, w = images.shape
+    rows = math.ceil(b / nrow)
+    canvas = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), dtype=np.float32) * 0.5
+    imgs = images.detach().float().clamp(0, 1).cpu().numpy()
+    imgs = np.repeat(imgs, 3, axis=1) if c == 1 else imgs[:, :3]
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[y:y + h, x:x + w] = imgs[i].transpose(1, 2, 0)
+    return (canvas * 255).round().astype(np.uint8)
+
+
+def save_grid(images: torch.Tensor, path: str, nrow: int = 8, scale: int = 4) -> str:
+    """Write a sample grid PNG atomically (nearest-neighbour upscaled so small images stay visible)."""
+    import matplotlib.image
+
+    pic = image_grid(images, nrow)
+    pic = pic.repeat(scale, axis=0).repeat(scale, axis=1)
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, pic, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def row_dict(row: Row) -> dict[str, Any]:
+    return asdict(row)
