@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from orderlab.data.datamodule import OrderDataModule
@@ -20,7 +21,8 @@ from orderlab.plan import PlanError
 __all__ = ["OrderCLI", "run_lightning_cli", "CONFIG_ERRORS"]
 
 # errors that mean "the config is wrong", reported as one line; anything else keeps its traceback
-CONFIG_ERRORS = (ValueError, KeyError, TypeError, PlanError, ShardError, FileNotFoundError, ArgumentError)
+CONFIG_ERRORS = (ValueError, KeyError, TypeError, PlanError, ShardError, FileNotFoundError, ArgumentError,
+                 MisconfigurationException)
 
 
 class _ConfigError(Exception):

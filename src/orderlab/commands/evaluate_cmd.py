@@ -73,7 +73,7 @@ def res_steps(row) -> str:
     return str(row.steps) if row.steps else "nat"
 
 
-def evaluate(*, ckpt: str, rows: list[str], out: str = "runs/eval", num_samples: int = 256, data: str | None = None,
+def evaluate(*, ckpt: str, rows: list[str | dict[str, Any]], out: str = "runs/eval", num_samples: int = 256, data: str | None = None,
              split: str = "val", extractor: str = "classifier", batch_size: int = 256, cfg_scale: float = 1.0,
              cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              seed: int = 0, nll_samples: int | None = None) -> None:

@@ -21,10 +21,10 @@ __all__ = ["sample", "parse_region", "load_known"]
 def _span(text: str, size: int, key: str) -> slice:
     m = re.fullmatch(r"(\d*):(\d*)", text)
     if not m:
-        raise ValueError(f"--region {key}={text!r}: expected start:stop, e.g. 4:8")
+        raise ValueError(f"--region {key}={text}: expected start:stop, e.g. 4:8")
     a, b = int(m[1] or 0), int(m[2] or size)
     if not 0 <= a < b <= size:
-        raise ValueError(f"--region {key}={text!r} is outside 0..{size}")
+        raise ValueError(f"--region {key}={text} is outside 0..{size}")
     return slice(a, b)
 
 
