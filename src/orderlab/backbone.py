@@ -63,6 +63,9 @@ class ModelConfig:
     """Content tokens of one group see each other (LPD); False = causal inside the group."""
     arch: Literal["flex", "decoupled"] = "flex"
     """flex: one stream of content + queries; decoupled: ARPG's two-pass model (see orderlab.decoupled)."""
+    attention: Literal["sdpa", "flex"] = "sdpa"
+    """Attention kernel: SDPA with a dense mask, or FlexAttention with a block mask (compiled on CUDA; skips the
+    fully masked blocks of other groups' queries). Same numbers; see orderlab.layers.KERNELS."""
     query_depth: int | None = None
     """decoupled only: layers of the query stream (default depth // 2; the content stream gets the rest)."""
 
@@ -81,6 +84,8 @@ class ModelConfig:
             raise ValueError("model.null_class must be true for an unconditional model (num_classes=0)")
         if self.position not in ("rope", "learned"):
             raise ValueError(f"model.position={self.position!r} is not one of ['rope', 'learned']")
+        if self.attention not in ("sdpa", "flex"):
+            raise ValueError(f"model.attention={self.attention!r} is not one of ['flex', 'sdpa']")
         if self.arch not in ("flex", "decoupled"):
             raise ValueError(f"model.arch={self.arch!r} is not one of ['flex', 'decoupled']")
         if self.dim % self.heads or (self.position == "rope" and (self.dim // self.heads) % 4):
@@ -241,4 +246,8 @@ def build_model(config: ModelConfig) -> nn.Module:
     """The backbone named by ``config.arch``."""
     from orderlab.decoupled import DecoupledTransformer
 
-    return {"flex": FlexTransformer, "decoupled": DecoupledTransformer}[config.arch](config)
+    model = {"flex": FlexTransformer, "decoupled": DecoupledTransformer}[config.arch](config)
+    for m in model.modules():
+        if hasattr(m, "impl"):
+            m.impl = config.attention
+    return model

@@ -28,13 +28,14 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
         self.probe: list | None = None
+        self.impl = "sdpa"  # a key of orderlab.layers.KERNELS
 
     def forward(self, x, rope, k, v, mask):
         b, n, _ = x.shape
         q = self.to_q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, Hh, Q, Dh)
         if rope is not None:
             q = apply_rope(q, *rope)
-        out = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.probe)
+        out = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.probe, self.impl)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

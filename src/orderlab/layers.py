@@ -7,6 +7,7 @@ attention takes whatever boolean mask (True = may attend) the caller builds.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -101,13 +102,50 @@ class KVCache:
         return self.k.numel() * self.k.element_size() * 2
 
 
+def _sdpa(q, k, v, mask, dropout):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+
+_FLEX_COMPILED = None
+
+
+def _flex(q, k, v, mask, dropout):
+    """FlexAttention with a block mask made from the dense boolean mask: on CUDA it skips fully masked blocks
+    (the query rows of other groups), which SDPA's dense mask cannot. Compiled on CUDA; on CPU the eager
+    reference kernel runs (correct, slow: for tests only)."""
+    global _FLEX_COMPILED
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if dropout:
+        raise ValueError("attention='flex' does not support attention dropout; set model dropout to 0")
+    if not q.is_cuda and q.requires_grad:
+        raise ValueError("attention='flex' has no backward pass on CPU in torch; train with attention='sdpa' on CPU")
+    dense = mask if mask.dim() == 2 else mask.reshape(mask.shape[-2:])  # (R, K), shared by batch and heads
+
+    def mask_mod(b, h, qi, ki):
+        return dense[qi, ki]
+
+    block = create_block_mask(mask_mod, None, None, dense.shape[0], dense.shape[1], device=q.device)
+    if q.is_cuda:
+        if _FLEX_COMPILED is None:
+            _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+        return _FLEX_COMPILED(q, k, v, block_mask=block)
+    with warnings.catch_warnings():  # torch warns that eager flex is a reference implementation
+        warnings.simplefilter("ignore", UserWarning)
+        return flex_attention(q, k, v, block_mask=block)
+
+
+# attention kernels by name (ModelConfig.attention); both take the same boolean mask
+KERNELS = {"sdpa": _sdpa, "flex": _flex}
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dropout: float,
-           probe: list | None) -> torch.Tensor:
-    """SDPA with a boolean mask (True = may attend); q (B, Hh, R, Dh), k/v (B, Hh, K, Dh) -> (B, Hh, R, Dh)."""
+           probe: list | None, impl: str = "sdpa") -> torch.Tensor:
+    """Masked attention (True = may attend); q (B, Hh, R, Dh), k/v (B, Hh, K, Dh) -> (B, Hh, R, Dh)."""
     if probe is not None:  # explicit weights for the attention probe; only when asked for
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, Hh, R, K)
         probe.append(scores.masked_fill(~mask, float("-inf")).softmax(-1).detach().float())
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    return KERNELS[impl](q, k, v, mask, dropout)
 
 
 class Attention(nn.Module):
@@ -122,6 +160,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
         self.cache: KVCache | None = None
         self.probe: list | None = None
+        self.impl = "sdpa"  # a key of KERNELS; set from ModelConfig.attention by the backbone
 
     def forward(self, x: torch.Tensor, rope: tuple | None, mask: torch.Tensor,
                 cache_rows: int | None = None) -> torch.Tensor:
@@ -140,7 +179,7 @@ class Attention(nn.Module):
             k = torch.cat([ck, k[:, :, cache_rows:]], dim=2)  # (B, Hh, K, Dh)
             v = torch.cat([cv, v[:, :, cache_rows:]], dim=2)
         drop = self.dropout if self.training else 0.0
-        out = attend(q, k, v, mask, drop, self.probe)  # (B, Hh, L, Dh)
+        out = attend(q, k, v, mask, drop, self.probe, self.impl)  # (B, Hh, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

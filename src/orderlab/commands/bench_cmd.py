@@ -1,9 +1,15 @@
-"""``orderlab bench decode``: speed and memory of parallel decoding at several step budgets, in one run."""
+"""``orderlab bench decode``: speed and memory of parallel decoding at several step budgets, in one run.
+
+Every row runs in its own forked process, so its peak memory is its own: on CUDA ``max_memory_allocated``, on
+CPU the growth of the process's peak resident set over its size at the start of the row. Ratios compare rows of
+one run on one machine; wall times on a shared machine are noisy, so each row reports the median of repeats.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import multiprocessing as mp
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -11,78 +17,146 @@ from pathlib import Path
 import torch
 
 from orderlab.backbone import ModelConfig, build_model
+from orderlab.data.atomic import atomic_write_bytes
 from orderlab.decode import generate
 
 
-def _time_generate(model, steps: int, batch: int, repeats: int, device) -> tuple[float, int]:
-    labels = torch.arange(batch, device=device) % model.config.num_classes
-    generate(model, "raster" if steps == model.config.num_tokens else "random", steps, labels, seed=0)  # warm-up
-    times, cache = [], 0
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _row(model, schedule: str, steps: int, batch: int, repeats: int, device: str, decoder: dict | None) -> dict:
+    """Warm up once, then time ``repeats`` generate() calls; returns times, passes and peak memory."""
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    labels = torch.arange(batch, device=dev) % max(model.config.num_classes, 1)
+    kw = dict(decoder) if decoder else {}
+    base = _rss_mib()  # before the warm-up: the warm-up reaches the same peak as the timed runs
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    generate(model, schedule, steps, labels, seed=0, **kw)  # warm-up
+    times, info = [], None
     for r in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        generate(model, "raster" if steps == model.config.num_tokens else "random", steps, labels, seed=r)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _, info = generate(model, schedule, steps, labels, seed=r + 1, return_info=True, **kw)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
-    model.setup_cache(batch)
-    cache = model.cache_nbytes()
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+    model.setup_cache(batch, device=dev)
+    cache = model.cache_nbytes() / 2**20
     model.reset_cache()
-    return statistics.median(times), cache
+    return dict(seconds=statistics.median(times), passes=info.forward_passes, peak_MiB=round(peak, 1),
+                kv_cache_MiB=round(cache, 3), accepted_per_pass=getattr(info, "mean_accepted", None))
 
 
-def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, dim: int = 256,
-          heads: int = 4, vocab: int = 1024, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
-          device: str = "cpu") -> None:
-    """Benchmark decoding of one model at T = N, N/4, N/8, N/16; writes bench.json and bench.md.
+def _child(conn, *args) -> None:
+    try:
+        torch.set_num_threads(args[-1])
+        conn.send(_row(*args[:-1]))
+    except BaseException as err:  # report, do not hang the parent
+        conn.send({"error": f"{type(err).__name__}: {err}"})
+    conn.close()
+
+
+def _isolated(*args) -> dict:
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, *args, torch.get_num_threads()))
+    proc.start()
+    out = parent.recv()
+    proc.join()
+    if "error" in out:
+        raise RuntimeError(f"benchmark row failed: {out['error']}")
+    return out
+
+
+def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, dim: int = 256, heads: int = 4,
+          vocab: int = 1024, batches: tuple[int, ...] = (1, 64), repeats: int = 3, device: str = "cpu",
+          attention: str = "sdpa", archs: tuple[str, ...] = ("flex", "decoupled"), ckpt: str | None = None) -> None:
+    """Benchmark decoding of one model at T = N (raster, one token per step) and T = N/4, N/8, N/16 (random order).
 
     Args:
-        what: the benchmark to run (only "decode" so far).
-        out: output folder.
-        grid: H = W of the token grid.
+        what: the benchmark to run ("decode").
+        out: output folder (bench.json, bench.md).
+        grid: H = W of the token grid (ignored with ckpt).
         depth: layers of the benchmarked model.
         dim: width D.
         heads: attention heads.
         vocab: V.
-        batches: batch sizes to measure (1 = latency, 64 = throughput).
-        repeats: timed runs per row (the median is reported), after one warm-up run.
+        batches: batch sizes (1 = latency, 64 = throughput).
+        repeats: timed runs per row (median reported), after one warm-up run.
         device: "cpu" or "cuda".
+        attention: attention kernel, "sdpa" or "flex".
+        archs: backbones to compare at equal depth/width: flex (query stream) and decoupled (ARPG).
+        ckpt: benchmark a trained checkpoint instead (its own arch and size; adds Jacobi rows for raster decoding).
     """
     if what != "decode":
-        raise SystemExit(f"orderlab bench: unknown benchmark {what!r}; choose one of ['decode']")
-    dev = torch.device(device)
+        raise ValueError(f"orderlab bench: unknown benchmark {what!r}; choose one of ['decode']")
     torch.manual_seed(0)
+    models = []
+    if ckpt:
+        from orderlab.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(ckpt)
+        models.append((loaded.config.arch, loaded.model))
+    else:
+        for arch in archs:
+            cfg = ModelConfig(vocab_size=vocab, height=grid, width=grid, num_classes=10, depth=depth, dim=dim,
+                              heads=heads, arch=arch, mutual=arch == "flex", attention=attention)
+            models.append((arch, build_model(cfg)))
     rows = []
-    n = grid * grid
-    for arch in ("flex", "decoupled"):
-        cfg = ModelConfig(vocab_size=vocab, height=grid, width=grid, num_classes=10, depth=depth, dim=dim,
-                          heads=heads, arch=arch, mutual=arch == "flex")
-        model = build_model(cfg).to(dev).eval()
+    for arch, model in models:
+        n = model.config.num_tokens
         for batch in batches:
+            plain = [("raster", n, None)] + [("random", t, None) for t in (n // 4, n // 8, n // 16) if t >= 1]
             base = None
-            for steps in (n, n // 4, n // 8, n // 16):
-                sec, cache = _time_generate(model, steps, batch, repeats, dev)
-                base = base or sec
-                rows.append(dict(arch=arch, batch=batch, steps=steps, seconds=round(sec, 4),
-                                 images_per_s=round(batch / sec, 2), speedup_vs_T_N=round(base / sec, 2),
-                                 kv_cache_MiB=round(cache / 2**20, 3)))
-                print(rows[-1], flush=True)
-    meta = dict(device=str(dev), torch=torch.__version__, threads=torch.get_num_threads(), grid=[grid, grid],
-                depth=depth, dim=dim, heads=heads, vocab=vocab, repeats=repeats,
-                note="seconds = median wall time of one generate() call; kv_cache = bytes of all KV caches "
-                     "at batch size (decoupled: pass-1 layers + one shared K/V)")
-    os.makedirs(out, exist_ok=True)
-    _atomic_write(Path(out) / "bench.json", json.dumps(dict(meta=meta, rows=rows), indent=2))
-    head = "| arch | batch | steps T | seconds | images/s | speed-up vs T=N | KV cache MiB |\n|---|---|---|---|---|---|---|\n"
-    body = "".join(f"| {r['arch']} | {r['batch']} | {r['steps']} | {r['seconds']} | {r['images_per_s']} | "
-                   f"{r['speedup_vs_T_N']}x | {r['kv_cache_MiB']} |\n" for r in rows)
-    _atomic_write(Path(out) / "bench.md", f"Decode benchmark on {meta['device']} ({grid}x{grid} grid, "
-                  f"{depth}x{dim} model, torch {torch.__version__}, {meta['threads']} threads)\n\n" + head + body)
+            for schedule, steps, decoder in plain + _jacobi_rows(ckpt, n):
+                r = _isolated(model, schedule, steps, batch, repeats, device, decoder)
+                base = base or r["seconds"]
+                rows.append(dict(arch=arch, batch=batch, schedule=schedule, steps=steps,
+                                 decoder=(decoder or {}).get("decoder", "plan"), **r,
+                                 images_per_s=round(batch / r["seconds"], 2),
+                                 speedup_vs_T_N=round(base / r["seconds"], 2)))
+                rows[-1]["seconds"] = round(r["seconds"], 4)
+                print({k: v for k, v in rows[-1].items() if v is not None}, flush=True)
+    cfg0 = models[0][1].config
+    meta = dict(device=device if device == "cpu" else torch.cuda.get_device_name(), torch=torch.__version__,
+                threads=torch.get_num_threads(), grid=[cfg0.height, cfg0.width], depth=cfg0.depth, dim=cfg0.dim,
+                heads=cfg0.heads, vocab=cfg0.vocab_size, attention=cfg0.attention, repeats=repeats, ckpt=ckpt,
+                note="seconds: median wall time of one generate() call; peak_MiB: CUDA max allocated, or CPU "
+                     "peak-RSS growth during the row; kv_cache: bytes of all KV caches at batch size")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(str(Path(out) / "bench.json"), json.dumps(dict(meta=meta, rows=rows), indent=2).encode())
+    atomic_write_bytes(str(Path(out) / "bench.md"), _markdown(meta, rows).encode())
     print(f"wrote {out}/bench.json and {out}/bench.md")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _jacobi_rows(ckpt: str | None, n: int) -> list[tuple[str, int, dict]]:
+    """SJD/PJD rows (raster model, training-free parallel decoding) where a trained checkpoint is benchmarked."""
+    try:
+        from orderlab.jacobi import DECODERS  # noqa: F401
+    except ImportError:
+        return []
+    if not ckpt:
+        return []  # acceptance on an untrained model says nothing
+    return [("raster", n, {"decoder": "sjd", "decoder_args": {"window": 8}}),
+            ("raster", n, {"decoder": "pjd", "decoder_args": {"window": 4}})]
+
+
+def _markdown(meta: dict, rows: list[dict]) -> str:
+    head = (f"Decode benchmark on {meta['device']} ({meta['grid'][0]}x{meta['grid'][1]} grid, {meta['depth']} layers "
+            f"x {meta['dim']} wide, V={meta['vocab']}, attention={meta['attention']}, torch {meta['torch']}, "
+            f"{meta['threads']} threads, median of {meta['repeats']})\n\n")
+    cols = ["arch", "batch", "schedule", "decoder", "steps", "passes", "seconds", "images_per_s", "speedup_vs_T_N",
+            "peak_MiB", "kv_cache_MiB"]
+    body = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    for r in rows:
+        body += "| " + " | ".join(str(r.get(c)) for c in cols) + " |\n"
+    return head + body
