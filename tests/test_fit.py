@@ -61,6 +61,7 @@ def test_checkpoint_holds_what_sampling_needs(tiny_ckpt):
     loaded = load_checkpoint(tiny_ckpt)
     assert (loaded.config.height, loaded.config.width, loaded.config.vocab_size) == (8, 8, 17)
     assert loaded.data["tokenizer"]["name"] == "pixel" and loaded.data["grid"] == [8, 8]
+    assert loaded.data["name"] == "digits"
     tokens = generate(loaded.model, "locality", 8, torch.arange(4), seed=0)
     images = loaded.decode_tokens(tokens)
     assert images.shape == (4, 1, 8, 8) and 0 <= images.min() and images.max() <= 1

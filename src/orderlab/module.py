@@ -204,6 +204,6 @@ def check_data_matches(cfg: ModelConfig, manifest: dict) -> None:
 
 def data_info(manifest: dict, root: str | None) -> dict[str, Any]:
     """What a checkpoint keeps about its data: enough to decode tokens to pixels and to find the real images."""
-    return {"name": manifest.get("name"), "grid": list(manifest["grid"]), "vocab_size": int(manifest["vocab_size"]),
+    return {"name": manifest.get("dataset"), "grid": list(manifest["grid"]), "vocab_size": int(manifest["vocab_size"]),
             "num_classes": int(manifest.get("num_classes", 0)), "tokenizer": manifest.get("tokenizer", {}),
             "root": None if root is None else str(root)}

