@@ -13,23 +13,46 @@ from dataclasses import dataclass, field
 
 import torch
 
+from orderlab.jacobi import JACOBI_DECODERS, check_decoder_args, check_raster
 from orderlab.masks import step_cache_rows, step_mask
 from orderlab.plan import Plan
 from orderlab.sampling import cfg_scales, sample_from_logits
 from orderlab.schedule import Schedule, get_schedule
 
-__all__ = ["generate", "make_plans", "run_plans", "DecodeInfo"]
+__all__ = ["generate", "make_plans", "run_plans", "DecodeInfo", "DECODERS"]
 
 Pick = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class DecodeInfo:
-    """What a decode did: forward passes, the rows of each pass, and the plans used."""
+    """What a decode did: forward passes, the rows of each pass, the plans used, and acceptance statistics.
+
+    Plan decoding finalises one group per pass; the Jacobi decoders (orderlab.jacobi) decode a batch item by item
+    and report, per forward pass (all samples in order): tokens made final, drafts verified, drafts accepted, the
+    KV-cache length after the pass (condition rows included) and the running count of final tokens.
+    """
 
     forward_passes: int = 0
     rows_per_pass: list[int] = field(default_factory=list)
     plans: list[Plan] = field(default_factory=list)
+    decoder: str = "plan"
+    accepted_per_pass: list[int] = field(default_factory=list)
+    drafts_per_pass: list[int] = field(default_factory=list)
+    draft_hits_per_pass: list[int] = field(default_factory=list)
+    kv_lengths: list[int] = field(default_factory=list)
+    committed_per_pass: list[int] = field(default_factory=list)
+    passes_per_sample: list[int] = field(default_factory=list)
+
+    @property
+    def mean_accepted(self) -> float:
+        """Mean tokens made final per forward pass."""
+        return sum(self.accepted_per_pass) / max(1, len(self.accepted_per_pass))
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted drafts / verified drafts (0 when nothing was drafted)."""
+        return sum(self.draft_hits_per_pass) / max(1, sum(self.drafts_per_pass))
 
 
 def _check_known(known, batch: int, height: int, width: int):
@@ -108,6 +131,8 @@ def run_plans(model, labels: torch.Tensor, plans: list[Plan], pick: Pick, *, kno
                                         step_cache_rows(sizes, t, c, k), num_logits=size)  # (rows, G, V)
             info.forward_passes += 1
             info.rows_per_pass.append(tok_in.shape[0])
+            info.accepted_per_pass.append(size)
+            info.kv_lengths.append(model.cache_length)
             if guided:
                 w = cfg_scales(cfg_schedule, cfg_scale, start - k, size, n - k).to(device, logits.dtype)  # (G,)
                 cond, uncond = logits[:b], logits[b:]
@@ -120,10 +145,52 @@ def run_plans(model, labels: torch.Tensor, plans: list[Plan], pick: Pick, *, kno
     return out, info
 
 
+def _plan_decoder(model, schedule, steps, labels, known, args: dict, sampling: dict):
+    """The Plan-driven decoder: exactly one forward per step of the schedule's plan."""
+    if args:
+        raise ValueError(f"decoder 'plan' takes no decoder_args, got {sorted(args)}")
+    cfg = model.config
+    b = labels.shape[0]
+    known_tokens, known_masks = _check_known(known, b, cfg.height, cfg.width)
+    plans, gens = make_plans(schedule, cfg.height, cfg.width, steps, b, sampling["seed"], known_masks)
+    if known_tokens is not None:
+        bad = known_tokens[torch.stack(known_masks).reshape(b, -1).to(known_tokens.device)]
+        if bad.numel() and (bad.min() < 0 or bad.max() >= cfg.vocab_size):
+            raise ValueError(f"known tokens must lie in 0..{cfg.vocab_size - 1}, "
+                             f"got {int(bad.min())}..{int(bad.max())}")
+    temperature, top_k, top_p = sampling["temperature"], sampling["top_k"], sampling["top_p"]
+
+    def pick(t: int, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        u = torch.stack([torch.rand(positions.shape[1], generator=g) for g in gens])  # (B, G)
+        return sample_from_logits(logits, u.to(logits.device), temperature, top_k, top_p)
+
+    return run_plans(model, labels, plans, pick, known_tokens=known_tokens, cfg_scale=sampling["cfg_scale"],
+                     cfg_schedule=sampling["cfg_schedule"])
+
+
+def _jacobi_decoder(name: str):
+    """Adapter from generate()'s arguments to a Jacobi decoder of orderlab.jacobi (raster models only)."""
+
+    def run(model, schedule, steps, labels, known, args: dict, sampling: dict):
+        cfg = model.config
+        knobs = check_decoder_args(name, args, cfg.width)
+        if known is not None:
+            raise ValueError(f"decoder={name!r} does not support known tokens (inpainting); use decoder='plan'")
+        check_raster(schedule, steps, cfg.height, cfg.width, name)
+        return JACOBI_DECODERS[name](model, labels, **knobs, **sampling)
+
+    return run
+
+
+# generate(decoder=...) -> decoder(model, schedule, steps, labels, known, decoder_args, sampling) -> (tokens, info)
+DECODERS: dict[str, Callable] = {"plan": _plan_decoder, **{k: _jacobi_decoder(k) for k in JACOBI_DECODERS}}
+
+
 @torch.inference_mode()
 def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.Tensor, *, cfg_scale: float = 1.0,
              cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int = 0, known=None, return_info: bool = False):
+             seed: int = 0, known=None, return_info: bool = False, decoder: str = "plan",
+             decoder_args: dict | None = None):
     """Generate token grids with a schedule at a step budget; exactly one model forward per step.
 
     Args:
@@ -137,29 +204,26 @@ def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.T
         seed: sample i uses ``seed + i`` for its plan and its tokens.
         known: optional ``(tokens (B, H, W), mask (H, W) or (B, H, W) bool)`` for in/out-painting and editing: known
             tokens are prefilled into the cache and come back unchanged; the schedule orders only the rest.
+        decoder: "plan" (one forward per step of the plan), or a training-free Jacobi decoder of a raster model,
+            "sjd" or "pjd" (orderlab.jacobi; the schedule must be raster with one token per step).
+        decoder_args: knobs of a Jacobi decoder, e.g. ``{"window": 8, "init": "repeat_left"}``; for "pjd" also
+            ``row_lag`` and ``commit``.
     Returns:
         tokens (B, H, W), plus a DecodeInfo when ``return_info``.
     """
     cfg = model.config
     model.check_labels(labels)
-    b = labels.shape[0]
-    known_tokens, known_masks = _check_known(known, b, cfg.height, cfg.width)
-    plans, gens = make_plans(schedule, cfg.height, cfg.width, steps, b, seed, known_masks)
-    if known_tokens is not None:
-        bad = known_tokens[torch.stack(known_masks).reshape(b, -1).to(known_tokens.device)]
-        if bad.numel() and (bad.min() < 0 or bad.max() >= cfg.vocab_size):
-            raise ValueError(f"known tokens must lie in 0..{cfg.vocab_size - 1}, got {int(bad.min())}..{int(bad.max())}")
-
-    def pick(t: int, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        u = torch.stack([torch.rand(positions.shape[1], generator=g) for g in gens])  # (B, G)
-        return sample_from_logits(logits, u.to(logits.device), temperature, top_k, top_p)
-
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r} is not one of {sorted(DECODERS)}")
+    if decoder_args is not None and not isinstance(decoder_args, dict):
+        raise ValueError(f"decoder_args must be a dict or None, got {type(decoder_args).__name__}")
+    sampling = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k,
+                    top_p=top_p, seed=seed)
     was_training = model.training
     model.eval()
     try:
-        tokens, info = run_plans(model, labels, plans, pick, known_tokens=known_tokens, cfg_scale=cfg_scale,
-                                 cfg_schedule=cfg_schedule)
+        tokens, info = DECODERS[decoder](model, schedule, steps, labels, known, dict(decoder_args or {}), sampling)
     finally:
         model.train(was_training)
-    tokens = tokens.view(b, cfg.height, cfg.width)
+    tokens = tokens.view(labels.shape[0], cfg.height, cfg.width)
     return (tokens, info) if return_info else tokens

@@ -140,10 +140,6 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
 
 def _jacobi_rows(ckpt: str | None, n: int) -> list[tuple[str, int, dict]]:
     """SJD/PJD rows (raster model, training-free parallel decoding) where a trained checkpoint is benchmarked."""
-    try:
-        from orderlab.jacobi import DECODERS  # noqa: F401
-    except ImportError:
-        return []
     if not ckpt:
         return []  # acceptance on an untrained model says nothing
     return [("raster", n, {"decoder": "sjd", "decoder_args": {"window": 8}}),
