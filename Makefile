@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/orderlab schedules --out runs/schedules
+	$(BIN)/orderlab demo
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider

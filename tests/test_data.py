@@ -19,11 +19,10 @@ from orderlab.data.sources import load_digits_images
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits") / "digits"
-    prepare_dataset("digits", str(root), PrepareOptions(progress=False))
-    return str(root)
+@pytest.fixture(scope="session")
+def digits(digits_root):
+    """The session's prepared digits (tests/conftest.py); tests that damage files use a copy."""
+    return digits_root
 
 
 @pytest.fixture

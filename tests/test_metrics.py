@@ -5,7 +5,6 @@ import os
 import pytest
 import torch
 
-from orderlab.data.datasets import PrepareOptions, prepare_dataset
 from orderlab.metrics import (
     ClassifierFeatures, ImageMetrics, RealImages, TorchScriptFeatures, asset_path, extract_features,
     format_metrics, image_metrics, load_extractor, precision_recall,
@@ -15,11 +14,10 @@ from orderlab.metrics.features import MAX_FEATURES, FeatureCNN
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("metrics") / "digits"
-    prepare_dataset("digits", str(root), PrepareOptions(progress=False))
-    return str(root)
+@pytest.fixture(scope="session")
+def digits(digits_root):
+    """The session's prepared digits (tests/conftest.py); tests that damage files use a copy."""
+    return digits_root
 
 
 @pytest.fixture(scope="module")
