@@ -13,7 +13,7 @@ IDS = [str(p.relative_to(ROOT / "experiments")) for p in YAMLS]
 
 
 def kind(cfg: dict) -> str:
-    if "search" in cfg:
+    if "space" in cfg:
         return "search"
     if "rows" in cfg:
         return "evaluate"
@@ -25,7 +25,8 @@ def kind(cfg: dict) -> str:
 def test_experiments_exist():
     names = set(IDS)
     for want in ("digits/base.yaml", "digits/orders.yaml", "digits/train_as_decode.yaml", "mnist/base.yaml",
-                 "imagenet/arpg_l.yaml", "imagenet/lpd_l.yaml", "debug.yaml"):
+                 "imagenet/arpg_l.yaml", "imagenet/lpd_l.yaml", "debug.yaml", "search/digits_steps.yaml",
+                 "search/digits_train.yaml"):
         assert want in names, want
 
 
@@ -52,5 +53,21 @@ def test_experiment_runs(path, digits_root, tiny_ckpt, tmp_path):
               "--num_samples", "8", "--nll_samples", "8", "--data", digits_root])
         res = yaml.safe_load((tmp_path / "eval" / "results.json").read_text())
         assert len(res["rows"]) == len(cfg["rows"])
+    elif k == "search":
+        from orderlab.cli import main
+
+        tiny = dict(cfg, out=str(tmp_path / "search"), n_trials=2)
+        if cfg.get("kind", "inference") == "inference":  # the demo checkpoint's place -> the tiny one
+            tiny["evaluate"] = {**cfg["evaluate"], "ckpt": tiny_ckpt, "data": digits_root, "num_samples": 8,
+                                "nll_samples": 8}
+        else:
+            tiny["fit"] = {**cfg["fit"], "config": str(ROOT / cfg["fit"]["config"]),
+                           "args": [*cfg["fit"].get("args", []), *tiny_fit_args(digits_root, tmp_path / "fit", 2)]}
+        path = tmp_path / "search.yaml"
+        path.write_text(yaml.safe_dump(tiny))
+        main(["search", "--config", str(path)])
+        res = yaml.safe_load((tmp_path / "search" / "trials.json").read_text())
+        assert len(res["rows"]) == 2
+        assert all(r["state"] in ("COMPLETE", "PRUNED") for r in res["rows"]), res["rows"]
     else:
         pytest.fail(f"no runner for experiment kind {k!r} ({path})")

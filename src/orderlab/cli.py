@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "orderlab.commands.evaluate_cmd:evaluate",
     "sample": "orderlab.commands.sample_cmd:sample",
     "demo": "orderlab.commands.demo_cmd:demo",
+    "search": "orderlab.commands.search_cmd:search",
 }
 LIGHTNING_COMMANDS: tuple[str, ...] = ("fit", "validate", "test")
 

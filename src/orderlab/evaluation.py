@@ -150,9 +150,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_table(results: list[dict[str, Any]], out: str, stem: str = "results", meta: dict | None = None) -> dict:
-    """Write ``stem``.md, .csv and .json into ``out`` (each atomically); returns the paths."""
-    keys = [k for k in TABLE_KEYS if any(k in r for r in results)]
+def write_table(results: list[dict[str, Any]], out: str, stem: str = "results", meta: dict | None = None,
+                keys: list[str] | None = None) -> dict:
+    """Write ``stem``.md, .csv and .json into ``out`` (each atomically); returns the paths.
+
+    The Markdown table shows ``keys`` (default: the evaluation columns present); CSV and JSON keep every key.
+    """
+    keys = [k for k in (keys or TABLE_KEYS) if any(k in r for r in results)]
     md = io.StringIO()
     if meta:
         md.write("".join(f"- {k}: {v}\n" for k, v in meta.items()) + "\n")

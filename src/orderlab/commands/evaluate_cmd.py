@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,21 +18,24 @@ def load_eval_data(root: str, split: str = "val", limit: int | None = None):
     return torch.from_numpy(tokens).long(), torch.from_numpy(labels).long()
 
 
-def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 256, data: str | None = None,
-                   split: str = "val", extractor: str = "classifier", batch_size: int = 256, cfg_scale: float = 1.0,
-                   cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                   seed: int = 0, nll_samples: int | None = None, progress: bool = True,
-                   stem: str = "results") -> list[dict[str, Any]]:
-    """Evaluate every row; writes ``out``/results.{md,csv,json} and ``out``/grid_*.png. Returns the rows' dicts."""
-    from rich.progress import Progress
+@dataclass
+class EvalContext:
+    """What every evaluated row needs, loaded once: the model, the real images, the feature extractor, NLL data."""
 
+    loaded: Any
+    real: Any
+    extractor: Any
+    root: str
+    val_tokens: torch.Tensor
+    val_labels: torch.Tensor
+
+
+def load_context(ckpt: str, data: str | None = None, split: str = "val", extractor: str = "classifier",
+                 nll_samples: int | None = None) -> EvalContext:
+    """Load a checkpoint and its evaluation data (shared by ``evaluate``, the demo and ``search``)."""
     from orderlab.checkpoint import load_checkpoint
-    from orderlab.evaluation import evaluate_row, parse_row, write_table
     from orderlab.metrics import RealImages, TorchScriptFeatures, classifier_features
 
-    parsed = [parse_row(r) for r in rows]  # all rows are checked before any sampling
-    if not parsed:
-        raise ValueError("rows is empty: give at least one 'schedule:steps'")
     loaded = load_checkpoint(ckpt)
     root = data or loaded.data.get("root")
     if not root or not os.path.isdir(root):
@@ -44,6 +48,25 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
     else:
         raise ValueError(f"extractor={extractor!r} is neither 'classifier' nor a local TorchScript Inception file")
     val_tokens, val_labels = load_eval_data(root, split, nll_samples)
+    return EvalContext(loaded, real, feats, root, val_tokens, val_labels)
+
+
+def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 256, data: str | None = None,
+                   split: str = "val", extractor: str = "classifier", batch_size: int = 256, cfg_scale: float = 1.0,
+                   cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                   seed: int = 0, nll_samples: int | None = None, progress: bool = True,
+                   stem: str = "results") -> list[dict[str, Any]]:
+    """Evaluate every row; writes ``out``/results.{md,csv,json} and ``out``/grid_*.png. Returns the rows' dicts."""
+    from rich.progress import Progress
+
+    from orderlab.evaluation import evaluate_row, parse_row, write_table
+
+    parsed = [parse_row(r) for r in rows]  # all rows are checked before any sampling
+    if not parsed:
+        raise ValueError("rows is empty: give at least one 'schedule:steps'")
+    ctx = load_context(ckpt, data, split, extractor, nll_samples)
+    loaded, real, feats, root = ctx.loaded, ctx.real, ctx.extractor, ctx.root
+    val_tokens, val_labels = ctx.val_tokens, ctx.val_labels
     results = []
     os.makedirs(out, exist_ok=True)
     with Progress(disable=not progress, transient=True) as bar:
