@@ -9,6 +9,7 @@ KNOBS = [
     ("flex", True, True, "rope"),
     ("flex", False, True, "rope"),
     ("flex", True, False, "rope"),
+    ("flex", False, False, "rope"),
     ("flex", False, False, "learned"),
     ("flex", True, True, "learned"),
     ("decoupled", False, True, "rope"),

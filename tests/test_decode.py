@@ -59,6 +59,19 @@ def test_greedy_is_deterministic_and_temperature_matters():
     a = generate(model, "random", 5, labels, temperature=0.0, seed=0)
     b = generate(model, "random", 5, labels, temperature=0.0, seed=0)
     assert torch.equal(a, b)
+    # greedy ignores the sampling seed (the plan's seed stays fixed through a fixed schedule); sampling does not
+    g1 = generate(model, "raster", 5, labels, temperature=0.0, seed=1)
+    g2 = generate(model, "raster", 5, labels, temperature=0.0, seed=2)
+    assert torch.equal(g1, g2)
+    s1 = generate(model, "raster", 5, labels, temperature=1.0, seed=1)
+    s2 = generate(model, "raster", 5, labels, temperature=1.0, seed=2)
+    assert not torch.equal(s1, s2)
+    # a very high temperature spreads the tokens over the vocabulary; near-zero temperature collapses to greedy
+    hot = generate(model, "raster", 5, torch.zeros(64, dtype=torch.long), temperature=50.0, seed=0)
+    cold = generate(model, "raster", 5, torch.zeros(64, dtype=torch.long), temperature=1e-4, seed=0)
+    greedy = generate(model, "raster", 5, torch.zeros(64, dtype=torch.long), temperature=0.0, seed=0)
+    assert torch.equal(cold, greedy)
+    assert len(torch.unique(hot)) == 7 and len(torch.unique(hot.view(64, -1), dim=0)) > 60
 
 
 @pytest.mark.parametrize("schedule", list_schedules())

@@ -28,7 +28,14 @@ def test_demo_tiny_end_to_end(digits_root, tmp_path, monkeypatch, capsys):
         assert piece in text, piece
     for f in ("results.csv", "results.json", "fcd_vs_steps.png", "samples.png", "checkpoints/last.ckpt"):
         assert (out / f).is_file(), f
-    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    events = list((out / "tensorboard").rglob("events.out.tfevents*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams"), "no HParams entry"
+    assert "hp_metric" in acc.Tags()["scalars"] and acc.Scalars("hp_metric")[-1].value > 0  # val bits/token
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["forward_passes"] for r in rows] == [64, 8, 8]
     assert all(np.isfinite(r["fcd"]) and r["num_samples"] == 16 for r in rows)

@@ -58,3 +58,25 @@ def test_image_grid_layout(tmp_path):
 
     assert matplotlib.image.imread(path).shape[:2] == (pic.shape[0] * 4, pic.shape[1] * 4)
     assert np.isclose(matplotlib.image.imread(path).max(), 1.0)
+
+
+def test_jacobi_rows_report_passes_per_image(tiny_ckpt, digits_root):
+    """A Jacobi decoder decodes item by item: evaluate reports its mean passes per image, not the batch total."""
+    from orderlab.checkpoint import load_checkpoint
+    from orderlab.decode import generate
+    from orderlab.evaluation import evaluate_row, parse_row
+    from orderlab.metrics import RealImages, classifier_features
+
+    loaded = load_checkpoint(tiny_ckpt)
+    row = parse_row({"schedule": "raster", "steps": 64, "decoder": "sjd", "decoder_args": {"window": 4}})
+    res = evaluate_row(loaded, row, num_samples=6, real=RealImages(digits_root), extractor=classifier_features("digits"),
+                       batch_size=3, seed=11)
+    want = []
+    for s in (0, 3):
+        labels = torch.arange(s, s + 3) % 10
+        _, info = generate(loaded.model, "raster", 64, labels, seed=11 + s, decoder="sjd",
+                           decoder_args={"window": 4}, return_info=True)
+        want += info.passes_per_sample
+    assert len(want) == 6 and all(1 <= p <= 64 for p in want)
+    assert res["forward_passes"] == pytest.approx(sum(want) / 6, abs=0.005)
+    assert res["accepted_per_pass"] >= 1

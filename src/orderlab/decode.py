@@ -45,6 +45,14 @@ class DecodeInfo:
     passes_per_sample: list[int] = field(default_factory=list)
 
     @property
+    def passes_per_image(self) -> float:
+        """Forward passes one image needed: T for plan decoding (a batch shares them); the mean over samples for
+        the Jacobi decoders, which decode item by item (their ``forward_passes`` counts the whole batch)."""
+        if self.passes_per_sample:
+            return sum(self.passes_per_sample) / len(self.passes_per_sample)
+        return float(self.forward_passes)
+
+    @property
     def mean_accepted(self) -> float:
         """Mean tokens made final per forward pass."""
         return sum(self.accepted_per_pass) / max(1, len(self.accepted_per_pass))

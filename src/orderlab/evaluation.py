@@ -102,7 +102,7 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
     model, cfg = loaded.model, loaded.config
     schedule = get_schedule(row.schedule, **row.knobs)
     n_cls = max(cfg.num_classes, 1)
-    tokens, passes, seconds, extra = [], 0, 0.0, {}
+    tokens, passes, seconds, extra = [], [], 0.0, {}
     device = next(model.parameters()).device
     warm = torch.zeros(min(2, num_samples), dtype=torch.long, device=device) + (0 if cfg.num_classes else cfg.null_label)
     generate(model, schedule, row.steps, warm, seed=seed, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
@@ -118,7 +118,7 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
         t0 = time.perf_counter()
         out, info = generate(model, schedule, row.steps, labels, **kwargs)
         seconds += time.perf_counter() - t0
-        passes = info.forward_passes if s == 0 else passes  # per batch; equal across batches for plan decoding
+        passes.append(info.passes_per_image * b)
         tokens.append(out.cpu())
         for key in ("accepted_per_pass",) if row.decoder != "plan" else ():  # Jacobi acceptance statistics
             if getattr(info, key, None) is not None:
@@ -127,7 +127,7 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
     images = torch.cat([loaded.decode_tokens(tokens[i:i + 500]) for i in range(0, len(tokens), 500)])
     metrics = image_metrics(real, images, extractor, num_samples=num_samples, seed=seed, cache_dir=cache_dir)
     result = {"row": row.label, "schedule": row.schedule, "steps": len(info.plans[0].sizes) if info.plans else
-              row.steps, "decoder": row.decoder, "forward_passes": passes,
+              row.steps, "decoder": row.decoder, "forward_passes": _passes(sum(passes) / num_samples),
               "ms_per_image": 1000 * seconds / num_samples, **metrics}
     for key, val in extra.items():
         result[key] = float(np.mean(val)) if isinstance(val, (list, tuple)) else val
@@ -137,6 +137,11 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
         save_grid(images[:64], grid_path, nrow=min(8, n_cls) if cfg.num_classes else 8)
         result["grid"] = os.path.basename(grid_path)
     return result
+
+
+def _passes(x: float) -> int | float:
+    """Passes per image: an int for plan decoding (T), a mean for the Jacobi decoders."""
+    return int(x) if float(x).is_integer() else round(x, 2)
 
 
 # ---------------------------------------------------------------------------------------------------- output

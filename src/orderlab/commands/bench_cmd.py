@@ -52,7 +52,7 @@ def _row(model, schedule: str, steps: int, batch: int, repeats: int, device: str
     model.setup_cache(batch, device=dev)
     cache = model.cache_nbytes() / 2**20
     model.reset_cache()
-    return dict(seconds=statistics.median(times), passes=info.forward_passes, peak_MiB=round(peak, 1),
+    return dict(seconds=statistics.median(times), passes=info.passes_per_image, peak_MiB=round(peak, 1),
                 kv_cache_MiB=round(cache, 3), accepted_per_pass=getattr(info, "mean_accepted", None))
 
 
@@ -133,7 +133,8 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
                 note="seconds: median wall time of one generate() call; peak_MiB: CUDA max allocated, or CPU "
                      "peak-RSS growth during the row; kv_cache: bytes of all KV caches at batch size")
     Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(str(Path(out) / "bench.json"), json.dumps(dict(meta=meta, rows=rows), indent=2).encode())
+    atomic_write_bytes(str(Path(out) / "bench.json"),
+                       json.dumps(dict(meta=meta, rows=rows, ratios=ratios(rows)), indent=2).encode())
     atomic_write_bytes(str(Path(out) / "bench.md"), _markdown(meta, rows).encode())
     print(f"wrote {out}/bench.json and {out}/bench.md")
 
@@ -146,6 +147,33 @@ def _jacobi_rows(ckpt: str | None, n: int) -> list[tuple[str, int, dict]]:
             ("raster", n, {"decoder": "pjd", "decoder_args": {"window": 4}})]
 
 
+def ratios(rows: list[dict]) -> list[dict]:
+    """The ratios the benchmark exists for, from rows of this one run: time(T=N)/time(T=N/k) per backbone and
+    batch, and each backbone's KV cache against the query-stream (flex) one's."""
+    out = []
+    for (arch, batch) in dict.fromkeys((r["arch"], r["batch"]) for r in rows):
+        rs = [r for r in rows if r["arch"] == arch and r["batch"] == batch and r["decoder"] == "plan"]
+        base = next((r for r in rs if r["schedule"] == "raster"), None)
+        if base is None:
+            continue
+        n = base["steps"]
+        for r in rs:
+            if r["schedule"] == "random":
+                out.append(dict(what=f"time(T=N)/time(T=N/{n // r['steps']})", arch=arch, batch=batch,
+                                value=round(base["seconds"] / r["seconds"], 2), ideal=round(n / r["steps"], 2)))
+        for r in rows:
+            if r["arch"] == arch and r["batch"] == batch and r["decoder"] != "plan":
+                out.append(dict(what=f"time(raster)/time({r['decoder']})", arch=arch, batch=batch,
+                                value=round(base["seconds"] / r["seconds"], 2),
+                                ideal=round(n / r["passes"], 2)))
+    flex = {r["batch"]: r["kv_cache_MiB"] for r in rows if r["arch"] == "flex"}
+    for r in rows:
+        if r["arch"] != "flex" and r["batch"] in flex and r["schedule"] == "raster" and r["decoder"] == "plan":
+            out.append(dict(what=f"KV cache {r['arch']}/flex", arch=r["arch"], batch=r["batch"],
+                            value=round(r["kv_cache_MiB"] / flex[r["batch"]], 3), ideal=None))
+    return out
+
+
 def _markdown(meta: dict, rows: list[dict]) -> str:
     head = (f"Decode benchmark on {meta['device']} ({meta['grid'][0]}x{meta['grid'][1]} grid, {meta['depth']} layers "
             f"x {meta['dim']} wide, V={meta['vocab']}, attention={meta['attention']}, torch {meta['torch']}, "
@@ -155,4 +183,7 @@ def _markdown(meta: dict, rows: list[dict]) -> str:
     body = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     for r in rows:
         body += "| " + " | ".join(str(r.get(c)) for c in cols) + " |\n"
+    body += "\n| ratio (this run) | arch | batch | measured | ideal (step ratio) |\n|---|---|---|---|---|\n"
+    for q in ratios(rows):
+        body += f"| {q['what']} | {q['arch']} | {q['batch']} | {q['value']} | {q['ideal'] or ''} |\n"
     return head + body

@@ -31,7 +31,7 @@ def fit_config(config: str, out: str, data: str, max_steps: int | None, callback
         tr["val_check_interval"] = max(1, min(int(tr.get("val_check_interval") or max_steps), max_steps))
     tr["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": out, "name": "tensorboard", "version": "demo",
-                                  "default_hp_metric": False}}
+                                  "default_hp_metric": True}}  # hp_metric = val bits/token in HParams
     cbs = [c for c in tr.get("callbacks", []) if "ModelCheckpoint" not in c["class_path"]]
     cbs.insert(0, {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                    "init_args": {"dirpath": os.path.join(out, "checkpoints"), "save_last": True,

@@ -99,7 +99,7 @@ class TrainObjective:
         fit = self.spec.fit
         logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                   "init_args": {"save_dir": os.path.dirname(trial_dir), "name": "",
-                                "version": os.path.basename(trial_dir), "default_hp_metric": False}}
+                                "version": os.path.basename(trial_dir), "default_hp_metric": True}}
         return ["--config", fit["config"], *fit.get("args", []), *train_overrides(values),
                 f"--trainer.default_root_dir={trial_dir}", f"--trainer.logger={json.dumps(logger)}"]
 

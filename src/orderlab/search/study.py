@@ -186,6 +186,7 @@ def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: in
         raise ValueError(f"n_trials={n_trials!r} must be an int >= 0")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an int >= 1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of ours instead
     os.makedirs(spec.out, exist_ok=True)
     url = storage_url(storage, spec.out)
     if spec.kind == "train":
