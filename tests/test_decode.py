@@ -131,3 +131,25 @@ def test_top_k_top_p_filtering():
     assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, False, False, True]]
+
+
+def test_bf16_autocast_is_on_inside_the_model_and_off_by_default():
+    model = tiny_model(dtype=torch.float32)
+    seen = []
+    step = model.forward_step
+
+    def spy(*a, **kw):  # the decode loop's one forward per step
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return step(*a, **kw)
+
+    model.forward_step = spy
+    labels = torch.tensor([0, 1])
+    fp32 = generate(model, "random", 4, labels, seed=0)
+    assert seen and not any(seen)
+    seen.clear()
+    bf16 = generate(model, "random", 4, labels, seed=0, precision="bf16")
+    assert seen and all(seen)
+    assert bf16.shape == fp32.shape and int(bf16.max()) < 7
+    assert not torch.is_autocast_enabled("cpu")  # restored after decoding
+    with pytest.raises(ValueError, match="'bf17'"):
+        generate(model, "random", 4, labels, precision="bf17")

@@ -190,6 +190,8 @@ def _jacobi_decoder(name: str):
     return run
 
 
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 # generate(decoder=...) -> decoder(model, schedule, steps, labels, known, decoder_args, sampling) -> (tokens, info)
 DECODERS: dict[str, Callable] = {"plan": _plan_decoder, **{k: _jacobi_decoder(k) for k in JACOBI_DECODERS}}
 
@@ -198,7 +200,7 @@ DECODERS: dict[str, Callable] = {"plan": _plan_decoder, **{k: _jacobi_decoder(k)
 def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.Tensor, *, cfg_scale: float = 1.0,
              cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              seed: int = 0, known=None, return_info: bool = False, decoder: str = "plan",
-             decoder_args: dict | None = None):
+             decoder_args: dict | None = None, precision: str = "fp32"):
     """Generate token grids with a schedule at a step budget; exactly one model forward per step.
 
     Args:
@@ -216,6 +218,8 @@ def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.T
             "sjd" or "pjd" (orderlab.jacobi; the schedule must be raster with one token per step).
         decoder_args: knobs of a Jacobi decoder, e.g. ``{"window": 8, "init": "repeat_left"}``; for "pjd" also
             ``row_lag`` and ``commit``.
+        precision: "fp32", or "bf16"/"fp16" autocast on the labels' device (bf16 is the GPU setting of LlamaGen,
+            ARPG and LPD; sampling itself always runs in float32).
     Returns:
         tokens (B, H, W), plus a DecodeInfo when ``return_info``.
     """
@@ -227,10 +231,15 @@ def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.T
         raise ValueError(f"decoder_args must be a dict or None, got {type(decoder_args).__name__}")
     sampling = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {sorted(PRECISIONS)}")
+    amp = PRECISIONS[precision]
     was_training = model.training
     model.eval()
     try:
-        tokens, info = DECODERS[decoder](model, schedule, steps, labels, known, dict(decoder_args or {}), sampling)
+        with torch.autocast(labels.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            tokens, info = DECODERS[decoder](model, schedule, steps, labels, known, dict(decoder_args or {}),
+                                             sampling)
     finally:
         model.train(was_training)
     tokens = tokens.view(labels.shape[0], cfg.height, cfg.width)

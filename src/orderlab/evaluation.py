@@ -91,7 +91,8 @@ def nll_bits(model, tokens: torch.Tensor, labels: torch.Tensor, row: Row, seed: 
 def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tokens: torch.Tensor | None = None,
                  val_labels: torch.Tensor | None = None, batch_size: int = 256, cfg_scale: float = 1.0,
                  cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: int = 0, cache_dir: str | None = None, grid_path: str | None = None) -> dict[str, Any]:
+                 seed: int = 0, cache_dir: str | None = None, grid_path: str | None = None,
+                 precision: str = "fp32") -> dict[str, Any]:
     """Sample ``num_samples`` images under ``row``, score them against ``real``; one result dict.
 
     Labels cycle through the classes (balanced); sample i is seeded with ``seed + i``. Wall time counts
@@ -106,13 +107,14 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
     device = next(model.parameters()).device
     warm = torch.zeros(min(2, num_samples), dtype=torch.long, device=device) + (0 if cfg.num_classes else cfg.null_label)
     generate(model, schedule, row.steps, warm, seed=seed, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
+             precision=precision,
              **({"decoder": row.decoder, "decoder_args": row.decoder_args} if row.decoder != "plan" else {}))
     for s in range(0, num_samples, batch_size):  # warmed up above: one-time costs stay out of ms_per_image
         b = min(batch_size, num_samples - s)
         labels = (torch.arange(s, s + b, device=device) % n_cls) if cfg.num_classes else \
             torch.full((b,), cfg.null_label, device=device)
         kwargs = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k,
-                      top_p=top_p, seed=seed + s, return_info=True)
+                      top_p=top_p, seed=seed + s, return_info=True, precision=precision)
         if row.decoder != "plan":
             kwargs.update(decoder=row.decoder, decoder_args=row.decoder_args)
         t0 = time.perf_counter()

@@ -26,12 +26,13 @@ def _rss_mib() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _row(model, schedule: str, steps: int, batch: int, repeats: int, device: str, decoder: dict | None) -> dict:
+def _row(model, schedule: str, steps: int, batch: int, repeats: int, device: str, decoder: dict | None,
+         precision: str = "fp32") -> dict:
     """Warm up once, then time ``repeats`` generate() calls; returns times, passes and peak memory."""
     dev = torch.device(device)
     model = model.to(dev).eval()
     labels = torch.arange(batch, device=dev) % max(model.config.num_classes, 1)
-    kw = dict(decoder) if decoder else {}
+    kw = {**(decoder or {}), "precision": precision}
     base = _rss_mib()  # before the warm-up: the warm-up reaches the same peak as the timed runs
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -79,7 +80,8 @@ def _isolated(*args) -> dict:
 
 def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, dim: int = 256, heads: int = 4,
           vocab: int = 1024, batches: tuple[int, ...] = (1, 64), repeats: int = 3, device: str = "cpu",
-          attention: str = "sdpa", archs: tuple[str, ...] = ("flex", "decoupled"), ckpt: str | None = None) -> None:
+          attention: str = "sdpa", archs: tuple[str, ...] = ("flex", "decoupled"), ckpt: str | None = None,
+          precision: str = "fp32") -> None:
     """Benchmark decoding of one model at T = N (raster, one token per step) and T = N/4, N/8, N/16 (random order).
 
     Args:
@@ -96,6 +98,7 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
         attention: attention kernel, "sdpa" or "flex".
         archs: backbones to compare at equal depth/width: flex (query stream) and decoupled (ARPG).
         ckpt: benchmark a trained checkpoint instead (its own arch and size; adds Jacobi rows for raster decoding).
+        precision: fp32, or bf16/fp16 autocast (the GPU setting).
     """
     if what != "decode":
         raise ValueError(f"orderlab bench: unknown benchmark {what!r}; choose one of ['decode']")
@@ -118,7 +121,7 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
             plain = [("raster", n, None)] + [("random", t, None) for t in (n // 4, n // 8, n // 16) if t >= 1]
             base = None
             for schedule, steps, decoder in plain + _jacobi_rows(ckpt, n):
-                r = _isolated(model, schedule, steps, batch, repeats, device, decoder)
+                r = _isolated(model, schedule, steps, batch, repeats, device, decoder, precision)
                 base = base or r["seconds"]
                 rows.append(dict(arch=arch, batch=batch, schedule=schedule, steps=steps,
                                  decoder=(decoder or {}).get("decoder", "plan"), **r,
@@ -130,6 +133,7 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
     meta = dict(device=device if device == "cpu" else torch.cuda.get_device_name(), torch=torch.__version__,
                 threads=torch.get_num_threads(), grid=[cfg0.height, cfg0.width], depth=cfg0.depth, dim=cfg0.dim,
                 heads=cfg0.heads, vocab=cfg0.vocab_size, attention=cfg0.attention, repeats=repeats, ckpt=ckpt,
+                precision=precision,
                 note="seconds: median wall time of one generate() call; peak_MiB: CUDA max allocated, or CPU "
                      "peak-RSS growth during the row; kv_cache: bytes of all KV caches at batch size")
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -177,7 +181,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 def _markdown(meta: dict, rows: list[dict]) -> str:
     head = (f"Decode benchmark on {meta['device']} ({meta['grid'][0]}x{meta['grid'][1]} grid, {meta['depth']} layers "
             f"x {meta['dim']} wide, V={meta['vocab']}, attention={meta['attention']}, torch {meta['torch']}, "
-            f"{meta['threads']} threads, median of {meta['repeats']})\n\n")
+            f"{meta['threads']} threads, {meta['precision']}, median of {meta['repeats']})\n\n")
     cols = ["arch", "batch", "schedule", "decoder", "steps", "passes", "seconds", "images_per_s", "speedup_vs_T_N",
             "peak_MiB", "kv_cache_MiB"]
     body = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"

@@ -55,7 +55,7 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
                    split: str = "val", extractor: str = "classifier", batch_size: int = 256, cfg_scale: float = 1.0,
                    cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                    seed: int = 0, nll_samples: int | None = None, progress: bool = True,
-                   stem: str = "results") -> list[dict[str, Any]]:
+                   stem: str = "results", precision: str = "fp32") -> list[dict[str, Any]]:
     """Evaluate every row; writes ``out``/results.{md,csv,json} and ``out``/grid_*.png. Returns the rows' dicts."""
     from rich.progress import Progress
 
@@ -77,7 +77,7 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
             res = evaluate_row(loaded, row, num_samples=num_samples, real=real, extractor=feats,
                                val_tokens=val_tokens, val_labels=val_labels, batch_size=batch_size,
                                cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-                               top_k=top_k, top_p=top_p, seed=seed, cache_dir=root,
+                               top_k=top_k, top_p=top_p, seed=seed, cache_dir=root, precision=precision,
                                grid_path=os.path.join(out, f"grid_{i:02d}_{row.schedule}_T{res_steps(row)}.png"))
             results.append(res)
             bar.advance(task)
@@ -87,7 +87,7 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
     meta = {"checkpoint": ckpt, "data": root, "split": split, "num_samples (real = generated)": num_samples,
             "feature space": results[0]["feature_space"], "cfg": f"{cfg_scale} ({cfg_schedule})",
-            "temperature": temperature, "seed": seed, "nll images": len(val_tokens)}
+            "temperature": temperature, "seed": seed, "nll images": len(val_tokens), "precision": precision}
     write_table(results, out, stem, meta)
     return results
 
@@ -99,7 +99,7 @@ def res_steps(row) -> str:
 def evaluate(*, ckpt: str, rows: list[str | dict[str, Any]], out: str = "runs/eval", num_samples: int = 256, data: str | None = None,
              split: str = "val", extractor: str = "classifier", batch_size: int = 256, cfg_scale: float = 1.0,
              cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int = 0, nll_samples: int | None = None) -> None:
+             seed: int = 0, nll_samples: int | None = None, precision: str = "fp32") -> None:
     """Evaluate a checkpoint under (schedule, steps) rows: FCD/FID, KID, precision/recall, NLL, passes, time.
 
     Args:
@@ -119,8 +119,9 @@ def evaluate(*, ckpt: str, rows: list[str | dict[str, Any]], out: str = "runs/ev
         top_p: nucleus mass (1 = all).
         seed: sample i of a row uses seed + i.
         nll_samples: held-out images scored for NLL (None: the whole split).
+        precision: fp32, or bf16/fp16 autocast while sampling (the GPU setting).
     """
     run_evaluation(ckpt, rows, out, num_samples=num_samples, data=data, split=split, extractor=extractor,
                    batch_size=batch_size, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-                   top_k=top_k, top_p=top_p, seed=seed, nll_samples=nll_samples)
+                   top_k=top_k, top_p=top_p, seed=seed, nll_samples=nll_samples, precision=precision)
     print(f"wrote {out}/results.md, results.csv, results.json and sample grids")

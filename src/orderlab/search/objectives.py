@@ -76,7 +76,7 @@ class InferenceObjective:
         result = evaluate_row(self.ctx.loaded, row, num_samples=ev.get("num_samples", 256), real=self.ctx.real,
                               extractor=self.ctx.extractor, val_tokens=self.ctx.val_tokens,
                               val_labels=self.ctx.val_labels, batch_size=ev.get("batch_size", 256),
-                              seed=ev.get("seed", 0), cache_dir=self.ctx.root,
+                              seed=ev.get("seed", 0), cache_dir=self.ctx.root, precision=ev.get("precision", "fp32"),
                               grid_path=os.path.join(self.spec.out, "trials", f"trial_{trial.number:04d}.png"),
                               **sampling)
         metrics = _numbers(result)

@@ -33,6 +33,10 @@ def log_trial_hparams(spec, trial, values: list[float]) -> None:
         w.add_hparams(hparams, metrics, run_name=f"trial_{trial.number:04d}")
 
 
+def _tidy(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v  # steps and passes print as ints
+
+
 def trial_rows(spec, study: optuna.Study) -> list[dict[str, Any]]:
     """One flat dict per stored trial: number, state, parameters, objective values, metrics, reason of failure."""
     rows = []
@@ -40,9 +44,9 @@ def trial_rows(spec, study: optuna.Study) -> list[dict[str, Any]]:
         r: dict[str, Any] = {"trial": t.number, "state": t.state.name}
         r.update({k: v for k, v in t.params.items()})
         if t.values is not None:
-            r.update({o: v for o, v in zip(spec.objectives, t.values)})
+            r.update({o: _tidy(v) for o, v in zip(spec.objectives, t.values)})
         for k, v in t.user_attrs.get("metrics", {}).items():
-            r.setdefault(k, v)
+            r.setdefault(k, _tidy(v))
         if "row" in t.user_attrs:
             r["row"] = t.user_attrs["row"]
         if t.duration is not None:

@@ -26,7 +26,8 @@ SAMPLERS: dict[str, Any] = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.s
 PRUNERS: dict[str, Any] = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
                            "hyperband": optuna.pruners.HyperbandPruner,
                            "successive_halving": optuna.pruners.SuccessiveHalvingPruner}
-_EVALUATE_KEYS = {"ckpt", "data", "split", "extractor", "num_samples", "batch_size", "seed", "nll_samples"}
+_EVALUATE_KEYS = {"ckpt", "data", "split", "extractor", "num_samples", "batch_size", "seed", "nll_samples",
+                  "precision"}
 _FIT_KEYS = {"config", "args"}
 
 
