@@ -113,6 +113,9 @@ BAD = [
     ({"sizes": {"type": "categorical", "choices": ["cosine"], "when": {"schedule": "locality"}},
       "schedule": {"type": "categorical", "choices": ["random"]}}, "space.sizes.when.schedule"),
     ({"a.b": {"type": "categorical", "choices": [1]}}, "space.a.b"),
+    ({"steps": {"type": "int", "low": 1, "high": 8}}, "space.schedule"),
+    ({"schedule": {"type": "categorical", "choices": ["random"]}, "steps": {"type": "int", "low": 0, "high": 8}},
+     "space.steps.low"),
 ]
 
 

@@ -1,6 +1,6 @@
 """``orderlab bench decode``: speed and memory of parallel decoding at several step budgets, in one run.
 
-Every row runs in its own forked process, so its peak memory is its own: on CUDA ``max_memory_allocated``, on
+Every row runs in its own process (from a fork server), so its peak memory is its own: on CUDA ``max_memory_allocated``, on
 CPU the growth of the process's peak resident set over its size at the start of the row. Ratios compare rows of
 one run on one machine; wall times on a shared machine are noisy, so each row reports the median of repeats.
 """
@@ -67,7 +67,10 @@ def _child(conn, *args) -> None:
 
 
 def _isolated(*args) -> dict:
-    ctx = mp.get_context("fork")
+    # forkserver, not fork: a child forked from a parent whose OpenMP pool is running (after load_state_dict, say)
+    # deadlocks in its first matmul. The server imports torch once and never runs an op, so children start clean.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "orderlab.decode"])
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, *args, torch.get_num_threads()))
     proc.start()

@@ -153,7 +153,22 @@ def parse_space(space: Any, kind: str, fixed: dict[str, Any] | None = None) -> l
         if name in params:
             raise ValueError(f"fixed.{name}: also in space; a parameter is either searched or fixed")
         _parse_param(str(name), {"type": "categorical", "choices": [0]}, {}, kind, "fixed")  # the name check
+    if kind == "inference":
+        _check_inference(params, fixed or {})
     return list(params.values())
+
+
+def _check_inference(params: dict[str, Param], fixed: dict[str, Any]) -> None:
+    """What is knowable before any trial: a schedule is given, and budgets and top-k are at least 1 / 0."""
+    if "schedule" not in params and "schedule" not in fixed:
+        raise ValueError("space.schedule: an inference search needs a schedule, searched (space.schedule) or fixed "
+                         "(fixed.schedule)")
+    for name, least in (("steps", 1), ("top_k", 0)):
+        p = params.get(name)
+        if p is not None and p.type == "int" and p.low < least:
+            raise ValueError(f"space.{name}.low={p.low}: {name} is at least {least}")
+        if p is not None and p.type == "float":
+            raise ValueError(f"space.{name}.type=float: {name} is an int (use type: int)")
 
 
 def suggest(trial, params: list[Param]) -> dict[str, Any]:
