@@ -54,3 +54,21 @@ def test_unknown_kernel_and_dropout_are_errors():
     plans, _ = make_plans("random", 8, 8, 8, 2, seed=0)
     with torch.no_grad(), pytest.raises(ValueError, match="dropout"):
         training_logits(model, torch.tensor([0, 1]), torch.zeros(2, 8, 8, dtype=torch.long), plans)
+
+
+@torch.no_grad()
+def test_flex_builds_one_block_mask_per_forward(monkeypatch):
+    import torch.nn.attention.flex_attention as fa
+
+    _, flex = _pair("flex", True)
+    calls = []
+    real = fa.create_block_mask
+    monkeypatch.setattr(fa, "create_block_mask", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tokens, labels = torch.randint(0, 7, (2, 4, 5)), torch.tensor([0, 1])
+    plans, _ = make_plans("random", 4, 5, 4, 2, seed=0)
+    training_logits(flex, labels, tokens, plans)
+    assert len(calls) == 1  # depth 2, one block mask: the layers share it
+    other, _ = make_plans("random", 4, 5, 6, 2, seed=0)  # other group sizes: another mask, another block mask
+    assert torch.allclose(training_logits(flex, labels, tokens, other),
+                          training_logits(_pair("flex", True)[0], labels, tokens, other), atol=1e-10)
+    assert len(calls) == 2

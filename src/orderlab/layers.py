@@ -107,6 +107,7 @@ def _sdpa(q, k, v, mask, dropout):
 
 
 _FLEX_COMPILED = None
+_BLOCK_CACHE: list = []  # [(mask, device, block)]: every layer of one forward gets the same mask object
 
 
 def _flex(q, k, v, mask, dropout):
@@ -125,7 +126,11 @@ def _flex(q, k, v, mask, dropout):
     def mask_mod(b, h, qi, ki):
         return dense[qi, ki]
 
-    block = create_block_mask(mask_mod, None, None, dense.shape[0], dense.shape[1], device=q.device)
+    if _BLOCK_CACHE and _BLOCK_CACHE[0][0] is mask and _BLOCK_CACHE[0][1] == q.device:
+        block = _BLOCK_CACHE[0][2]  # built once per forward, not once per layer
+    else:
+        block = create_block_mask(mask_mod, None, None, dense.shape[0], dense.shape[1], device=q.device)
+        _BLOCK_CACHE[:] = [(mask, q.device, block)]
     if q.is_cuda:
         if _FLEX_COMPILED is None:
             _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
