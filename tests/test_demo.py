@@ -87,8 +87,17 @@ def test_evaluate_and_sample_commands(tiny_ckpt, digits_root, tmp_path, capsys):
     inp = np.load(tmp_path / "inp.npy")
     assert (inp[:, :4] == first[0, :4]).all()
     capsys.readouterr()
+    # a raster model's Jacobi decoding from the command line, with its knobs; greedy SJD equals greedy raster
+    main(["sample", "--ckpt", tiny_ckpt, "--schedule", "raster", "--num", "2", "--temperature", "0", "--out",
+          str(tmp_path / "ar.png")])
+    main(["sample", "--ckpt", tiny_ckpt, "--schedule", "raster", "--num", "2", "--temperature", "0", "--out",
+          str(tmp_path / "sjd.png"), "--decoder", "sjd", "--decoder_args", "{window: 4}"])
+    assert "decoder sjd" in capsys.readouterr().out
+    assert (np.load(tmp_path / "sjd.npy") == np.load(tmp_path / "ar.npy")).all()
     for bad, word in ((["--region", "rows=4:9", "--known", str(tmp_path / "s.npy")], "rows=4:9"),
-                      (["--schedule", "spiral"], "spiral"), (["--steps", "65"], "65"), (["--label", "10"], "10")):
+                      (["--schedule", "spiral"], "spiral"), (["--steps", "65"], "65"), (["--label", "10"], "10"),
+                      (["--decoder_args", "{window: 4}"], "decoder_args"),
+                      (["--decoder", "sjd", "--schedule", "raster", "--decoder_args", "{windw: 4}"], "windw")):
         with pytest.raises(SystemExit):
             main(["sample", "--ckpt", tiny_ckpt, "--out", str(tmp_path / "bad.png"), *bad])
         line = capsys.readouterr().err.strip().splitlines()[-1]

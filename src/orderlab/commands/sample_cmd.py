@@ -80,7 +80,8 @@ def load_known(path: str, loaded) -> torch.Tensor:
 def sample(*, ckpt: str, out: str = "samples.png", schedule: str = "random", steps: int | None = None,
            num: int = 64, cfg: float = 1.0, cfg_schedule: str = "constant", temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, label: int | None = None, seed: int = 0, known: str | None = None,
-           region: str | None = None, decoder: str = "plan", save_tokens: bool = True) -> None:
+           region: str | None = None, decoder: str = "plan", decoder_args: dict | None = None,
+           precision: str = "fp32", save_tokens: bool = True) -> None:
     """Sample a grid of images from a checkpoint.
 
     Args:
@@ -99,6 +100,8 @@ def sample(*, ckpt: str, out: str = "samples.png", schedule: str = "random", ste
         known: tokens (.npy) or an image whose cells outside ``region`` are kept (in/out-painting, editing).
         region: cells to generate: rows=a:b, cols=a:b, box=r0:r1,c0:c1 or outside=r0:r1,c0:c1.
         decoder: plan (one forward per Plan step) or a Jacobi decoder for raster models (sjd, pjd).
+        decoder_args: the Jacobi decoder's knobs, e.g. '{window: 8, init: repeat_left}' (pjd: also row_lag, commit).
+        precision: fp32, or bf16/fp16 autocast (the GPU setting).
         save_tokens: also write the sampled tokens as .npy.
     """
     from orderlab.checkpoint import load_checkpoint
@@ -120,9 +123,12 @@ def sample(*, ckpt: str, out: str = "samples.png", schedule: str = "random", ste
         tok = load_known(known, loaded).expand(num, -1, -1)
         kw["known"] = (tok, ~parse_region(region, c.height, c.width))
     if decoder != "plan":
-        kw["decoder"] = decoder
+        kw.update(decoder=decoder, decoder_args=decoder_args)
+    elif decoder_args:
+        raise ValueError(f"--decoder_args {decoder_args} needs --decoder sjd or pjd")
     tokens, info = generate(loaded.model, schedule, steps, labels, cfg_scale=cfg, cfg_schedule=cfg_schedule,
-                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, return_info=True, **kw)
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, return_info=True,
+                            precision=precision, **kw)
     save_grid(loaded.decode_tokens(tokens), out, nrow=min(8, num))
     if save_tokens:
         import io
@@ -130,4 +136,5 @@ def sample(*, ckpt: str, out: str = "samples.png", schedule: str = "random", ste
         buf = io.BytesIO()
         np.save(buf, tokens.numpy().astype(np.int32))
         atomic_write_bytes(os.path.splitext(out)[0] + ".npy", buf.getvalue())
-    print(f"wrote {out}: {num} samples, schedule {schedule}, {info.forward_passes} forward passes")
+    print(f"wrote {out}: {num} samples, schedule {schedule}, decoder {decoder}, "
+          f"{info.passes_per_image:g} forward passes per image")

@@ -93,7 +93,11 @@ class TrainObjective:
     """
 
     def __init__(self, spec, params):
+        import logging
+
         self.spec, self.params = spec, params
+        for name in ("lightning.pytorch", "lightning.fabric"):  # one line per trial, not Lightning's banners
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     def args_for(self, values: dict[str, Any], trial_dir: str) -> list[str]:
         fit = self.spec.fit
