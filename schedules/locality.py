@@ -1,5 +1,6 @@
 """Locality-aware order: near the context, far from each other (LPD, arXiv 2507.01957, Algorithm 1)."""
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -61,7 +62,9 @@ class Locality(Schedule):
         rows, cols = (torch.arange(n) // width).tolist(), (torch.arange(n) % width).tolist()
         nbrs = _neighbours(height, width)
         generated = is_known.clone()  # (N,)
-        prox = torch.zeros(n, dtype=torch.float64)  # (N,)
+        # proximity scores as Python floats (float64, summed in the same order as a tensor would be): updating a
+        # tensor one element at a time costs microseconds per update and dominated planning
+        prox = [0.0] * n
         for p in torch.nonzero(is_known).flatten().tolist():
             for q, wgt in nbrs[p]:
                 prox[q] += wgt
@@ -69,8 +72,10 @@ class Locality(Schedule):
         for g in sizes:
             free = torch.nonzero(~generated).flatten()  # (M,)
             free = free[torch.randperm(free.numel(), generator=generator)]  # random tie-break
-            free = free[torch.argsort(-prox[free], stable=True)]
-            high_mask = prox[free] >= self.proximity - 1e-9
+            score = torch.tensor(prox, dtype=torch.float64)[free]  # (M,)
+            order = torch.argsort(-score, stable=True)
+            free, score = free[order], score[order]
+            high_mask = score >= self.proximity - 1e-9
             high, low = free[high_mask].tolist(), free[~high_mask].tolist()
             picks, rejected, i = [], [], 0
             while i < len(high) and len(picks) < g:
@@ -94,15 +99,16 @@ class Locality(Schedule):
         return groups
 
 
-def _neighbours(height: int, width: int) -> list[list[tuple[int, float]]]:
+@functools.lru_cache(maxsize=64)
+def _neighbours(height: int, width: int) -> tuple[tuple[tuple[int, float], ...], ...]:
     """For every cell, its 8-neighbours with weight 1 / Euclidean distance."""
     out = []
     for p in range(height * width):
         r, c = divmod(p, width)
-        out.append([((r + dr) * width + c + dc, 1.0 if dr == 0 or dc == 0 else 1 / math.sqrt(2))
-                    for dr in (-1, 0, 1) for dc in (-1, 0, 1)
-                    if (dr or dc) and 0 <= r + dr < height and 0 <= c + dc < width])
-    return out
+        out.append(tuple(((r + dr) * width + c + dc, 1.0 if dr == 0 or dc == 0 else 1 / math.sqrt(2))
+                         for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                         if (dr or dc) and 0 <= r + dr < height and 0 <= c + dc < width))
+    return tuple(out)
 
 
 def _farthest_points(pool: list[int], k: int, anchors: list[int], width: int,
