@@ -111,10 +111,11 @@ class TrainObjective:
         """Configure (not train) one trial at each parameter's first value: a bad key fails before any trial."""
         from orderlab.lightning_cli import build_cli
 
-        values = {**self.spec.fixed}
-        for p in self.params:
-            if p.active({k: json.dumps(v) if p.encoded else v for k, v in values.items()}):
-                values[p.name] = json.loads(p.choices[0]) if p.encoded else (p.choices[0] if p.choices else p.low)
+        values, raw = {**self.spec.fixed}, {}
+        for p in self.params:  # each parameter at its first choice or its low end, conditions as suggest() has them
+            if p.active(raw):
+                raw[p.name] = p.choices[0] if p.choices else p.low
+                values[p.name] = json.loads(raw[p.name]) if p.encoded else raw[p.name]
         try:
             build_cli(self.args_for(values, os.path.join(self.spec.out, "tensorboard", "check")))
         except ValueError as err:

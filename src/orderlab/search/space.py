@@ -119,7 +119,7 @@ def _parse_when(key: str, when: Any, earlier: dict[str, Param]) -> dict[str, tup
 
 
 def _conditions(name: str, spec: Any) -> dict:
-    when = spec.get("when") or {} if isinstance(spec, dict) else {}
+    when = (spec.get("when") or {}) if isinstance(spec, dict) else {}
     if not isinstance(when, dict):
         raise ValueError(f"space.{name}.when={when!r} must map another parameter to a value or a list of values")
     return when
