@@ -215,3 +215,54 @@ def test_training_search_bad_fit_key_fails_before_any_trial(digits_root, tmp_pat
     with pytest.raises(ValueError, match="model.lrr"):
         run_search(spec, None, n_trials=2)
     assert not (tmp_path / "bad" / "study.db").exists()
+
+
+def test_a_trial_of_a_killed_search_is_failed_and_retried(tiny_ckpt, digits_root, tmp_path):
+    """SIGKILL a search mid-trial: the next run marks that trial FAIL (no heartbeat) and runs its parameters again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    cfg = {"study_name": "killed", "out": str(out), "objectives": ["fcd"], "n_trials": 3, "heartbeat": 1,
+           "sampler": "random", "evaluate": {"ckpt": tiny_ckpt, "data": digits_root, "num_samples": 200,
+                                             "batch_size": 1},  # about 200 decodes: a slow trial to kill
+           "space": {"schedule": {"type": "categorical", "choices": ["raster"]},
+                     "temperature": {"type": "float", "low": 0.5, "high": 1.5}}}
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log = open(tmp_path / "search.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "orderlab.cli", "search", "--config", str(path)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = storage_url(None, str(out))
+    try:
+        deadline = time.time() + 120
+        trials = []
+        while time.time() < deadline:
+            # touch the storage only after the search has created it: a second process creating the same SQLite
+            # schema at the same moment can make either one fail
+            if "trials stored" in (tmp_path / "search.log").read_text():
+                trials = optuna.load_study(study_name="killed", storage=optuna.storages.RDBStorage(
+                    url, skip_table_creation=True)).trials
+            if trials and trials[0].state == optuna.trial.TrialState.RUNNING:
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        if not (trials and trials[0].state == optuna.trial.TrialState.RUNNING):
+            pytest.fail("the search never started a trial: " + (tmp_path / "search.log").read_text()[-2000:])
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        log.close()
+    killed = optuna.load_study(study_name="killed", storage=url).trials
+    assert len(killed) == 1 and killed[0].state == optuna.trial.TrialState.RUNNING  # left behind by the kill
+    time.sleep(5)  # more than 4 heartbeats of silence
+    spec = make_spec(**{**_ARGS, "space": cfg["space"], "objectives": ["fcd"], "out": str(out), "study_name": "killed",
+                        "evaluate": {**cfg["evaluate"], "num_samples": 8, "batch_size": 8}, "heartbeat": 1})
+    run_search(spec, None, n_trials=1)
+    trials = optuna.load_study(study_name="killed", storage=url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params == trials[0].params and trials[1].system_attrs.get("failed_trial") == 0

@@ -10,7 +10,7 @@ def search(*, space: dict[str, Any], objectives: list[str] | None = None, kind: 
            evaluate: dict[str, Any] | None = None, fit: dict[str, Any] | None = None,
            study_name: str = "orderlab", storage: str | None = None, out: str = "runs/search", n_trials: int = 10,
            workers: int = 1, sampler: Any = None, pruner: Any = None, seed: int = 0,
-           timeout: float | None = None) -> None:
+           timeout: float | None = None, heartbeat: int = 30) -> None:
     """Search orders, step budgets, group sizes and sampling knobs (or training recipes) with Optuna.
 
     Args:
@@ -32,12 +32,15 @@ def search(*, space: dict[str, Any], objectives: list[str] | None = None, kind: 
         pruner: median | percentile | hyperband | successive_halving, or a mapping (training searches only).
         seed: sampler seed (each worker and each rerun derives its own from it).
         timeout: stop starting new trials after this many seconds per worker.
+        heartbeat: seconds between a running trial's heartbeats; a trial silent for 4 of them (its process was
+            killed) is marked FAIL by the next trial to start, and its parameters are tried once more.
     """
     from orderlab.search import make_spec, run_search
 
     spec = make_spec(kind=kind, space=space, objectives=objectives or (["fcd"] if kind == "inference" else
                      ["val/bits_per_token"]), directions=directions, fixed=fixed, evaluate=evaluate, fit=fit,
-                     study_name=study_name, out=out, sampler=sampler, pruner=pruner, seed=seed, timeout=timeout)
+                     study_name=study_name, out=out, sampler=sampler, pruner=pruner, seed=seed, timeout=timeout,
+                     heartbeat=heartbeat)
     summary = run_search(spec, storage, n_trials, workers)
     stem = "pareto" if len(spec.objectives) > 1 else "best"
     with open(summary["tables"][stem]) as fh:

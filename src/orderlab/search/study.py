@@ -48,6 +48,7 @@ class SearchSpec:
     pruner: dict[str, Any] | None = None
     seed: int = 0
     timeout: float | None = None
+    heartbeat: int = 30
 
 
 def _named(key: str, value: Any, table: dict[str, Any], default: str | None) -> dict[str, Any] | None:
@@ -66,7 +67,7 @@ def _named(key: str, value: Any, table: dict[str, Any], default: str | None) -> 
 
 def make_spec(*, kind: str, space: dict, objectives: list[str], directions: list[str] | None, fixed: dict | None,
               evaluate: dict | None, fit: dict | None, study_name: str, out: str, sampler: Any, pruner: Any,
-              seed: int, timeout: float | None) -> SearchSpec:
+              seed: int, timeout: float | None, heartbeat: int = 30) -> SearchSpec:
     """Check everything a search needs before any trial runs; each error names its key."""
     if kind not in ("inference", "train"):
         raise ValueError(f"kind={kind!r}: choose 'inference' (a trained checkpoint) or 'train'")
@@ -106,9 +107,12 @@ def make_spec(*, kind: str, space: dict, objectives: list[str], directions: list
                          "multi-objective studies)")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout={timeout}: must be a positive number of seconds")
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
+        raise ValueError(f"heartbeat={heartbeat!r}: must be a whole number of seconds >= 1")
     return SearchSpec(kind=kind, params=params, objectives=list(objectives), directions=directions,
                       study_name=study_name, out=out, fixed=dict(fixed or {}), evaluate=evaluate or {},
-                      fit=fit or {}, sampler=sampler_spec, pruner=pruner_spec, seed=seed, timeout=timeout)
+                      fit=fit or {}, sampler=sampler_spec, pruner=pruner_spec, seed=seed, timeout=timeout,
+                      heartbeat=heartbeat)
 
 
 def storage_url(storage: str | None, out: str) -> str:
@@ -120,13 +124,15 @@ def storage_url(storage: str | None, out: str) -> str:
     return url
 
 
-def _storage(url: str) -> optuna.storages.RDBStorage:
-    # heartbeats let a later run mark trials of a killed process as failed and retry them once
+def _storage(url: str, heartbeat: int = 30) -> optuna.storages.RDBStorage:
+    # a running trial beats every `heartbeat` s; one silent for 4 beats (its process was killed) is marked FAIL by
+    # the next worker that starts a trial, and its parameters are queued again once
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     with warnings.catch_warnings():  # heartbeats are marked experimental, though they have been in Optuna since 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=120,
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                                          grace_period=4 * heartbeat,
                                           heartbeat_stale_trial_callback=retry)
 
 
@@ -150,7 +156,8 @@ def worker(spec: SearchSpec, url: str, index: int, quota: int, seed: int, thread
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial instead of Optuna's tracebacks
     pruner = PRUNERS[spec.pruner["name"]](**{k: v for k, v in spec.pruner.items() if k != "name"}) \
         if spec.pruner else None
-    study = optuna.load_study(study_name=spec.study_name, storage=_storage(url), sampler=_sampler(spec, seed),
+    study = optuna.load_study(study_name=spec.study_name, storage=_storage(url, spec.heartbeat),
+                              sampler=_sampler(spec, seed),
                               pruner=pruner)
     objective = _objective(spec)
 
@@ -192,7 +199,8 @@ def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: in
     url = storage_url(storage, spec.out)
     if spec.kind == "train":
         TrainObjective(spec, spec.params).check()
-    study = optuna.create_study(study_name=spec.study_name, storage=_storage(url), directions=spec.directions,
+    study = optuna.create_study(study_name=spec.study_name, storage=_storage(url, spec.heartbeat),
+                                directions=spec.directions,
                                 load_if_exists=True)  # created here, once, so workers never race on the schema
     if list(study.directions) != [getattr(optuna.study.StudyDirection, d.upper()) for d in spec.directions]:
         raise ValueError(f"study {spec.study_name!r} in {url} has directions "
@@ -219,6 +227,6 @@ def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: in
         bad = [p.exitcode for p in procs if p.exitcode != 0]
         if bad:
             raise RuntimeError(f"{len(bad)} search worker(s) exited with codes {bad}; the stored trials are kept")
-    study = optuna.load_study(study_name=spec.study_name, storage=_storage(url))
+    study = optuna.load_study(study_name=spec.study_name, storage=_storage(url, spec.heartbeat))
     return write_reports(spec, study, url)
 
