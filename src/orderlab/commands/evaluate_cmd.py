@@ -65,8 +65,6 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
     if not parsed:
         raise ValueError("rows is empty: give at least one 'schedule:steps'")
     ctx = load_context(ckpt, data, split, extractor, nll_samples)
-    loaded, real, feats, root = ctx.loaded, ctx.real, ctx.extractor, ctx.root
-    val_tokens, val_labels = ctx.val_tokens, ctx.val_labels
     results = []
     os.makedirs(out, exist_ok=True)
     with Progress(disable=not progress, transient=True) as bar:
@@ -74,10 +72,10 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
         for i, row in enumerate(parsed):
             bar.update(task, description=f"evaluate {row.label}")
             t0 = time.perf_counter()
-            res = evaluate_row(loaded, row, num_samples=num_samples, real=real, extractor=feats,
-                               val_tokens=val_tokens, val_labels=val_labels, batch_size=batch_size,
+            res = evaluate_row(ctx.loaded, row, num_samples=num_samples, real=ctx.real, extractor=ctx.extractor,
+                               val_tokens=ctx.val_tokens, val_labels=ctx.val_labels, batch_size=batch_size,
                                cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-                               top_k=top_k, top_p=top_p, seed=seed, cache_dir=root, precision=precision,
+                               top_k=top_k, top_p=top_p, seed=seed, cache_dir=ctx.root, precision=precision,
                                grid_path=os.path.join(out, f"grid_{i:02d}_{row.schedule}_T{res_steps(row)}.png"))
             results.append(res)
             bar.advance(task)
@@ -85,9 +83,9 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
             print(f"  row {i + 1}/{len(parsed)} {row.label}: FD {fd:.2f}, NLL {res.get('nll_bits_per_token', float('nan')):.3f} "
                   f"bits/token, {res['forward_passes']} passes, {res['ms_per_image']:.2f} ms/image "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    meta = {"checkpoint": ckpt, "data": root, "split": split, "num_samples (real = generated)": num_samples,
+    meta = {"checkpoint": ckpt, "data": ctx.root, "split": split, "num_samples (real = generated)": num_samples,
             "feature space": results[0]["feature_space"], "cfg": f"{cfg_scale} ({cfg_schedule})",
-            "temperature": temperature, "seed": seed, "nll images": len(val_tokens), "precision": precision}
+            "temperature": temperature, "seed": seed, "nll images": len(ctx.val_tokens), "precision": precision}
     write_table(results, out, stem, meta)
     return results
 

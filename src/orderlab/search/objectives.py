@@ -60,6 +60,10 @@ class InferenceObjective:
         ev = spec.evaluate
         self.ctx = load_context(ev["ckpt"], ev.get("data"), ev.get("split", "val"), ev.get("extractor", "classifier"),
                                 ev.get("nll_samples"))
+
+    def check(self) -> None:
+        """Before any trial: the split holds the fixed number of real images every trial is scored against."""
+        ev = self.spec.evaluate
         n = self.ctx.real.manifest()["splits"][ev.get("split", "val")]["count"]
         if ev.get("num_samples", 256) > n:
             raise ValueError(f"evaluate.num_samples={ev.get('num_samples', 256)} exceeds the {n} real images of "

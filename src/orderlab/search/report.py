@@ -57,7 +57,7 @@ def trial_rows(spec, study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
-def _keys(spec, rows: list[dict[str, Any]]) -> list[str]:
+def _keys(spec) -> list[str]:
     names = [p.name for p in spec.params]
     return ["trial", "state", *names, *[o for o in spec.objectives if o not in names], "seconds", "fail_reason"]
 
@@ -102,7 +102,7 @@ def _plot(spec, study: optuna.Study, front: list, path: str) -> None:
 def write_reports(spec, study: optuna.Study, url: str) -> dict[str, Any]:
     """trials.{md,csv,json}, pareto.{md,csv,json} (or best.*), a plot, and summary.json; returns the summary."""
     rows = trial_rows(spec, study)
-    keys = _keys(spec, rows)
+    keys = _keys(spec)
     meta = {"study": spec.study_name, "storage": url.split("@")[-1], "objectives": list(zip(spec.objectives,
             spec.directions)), "trials": len(rows)}
     if spec.kind == "inference":

@@ -55,8 +55,8 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _parse_param(name: str, spec: Any, earlier: dict[str, Param], kind: str, section: str = "space") -> Param:
-    key = f"{section}.{name}"
+def _check_name(key: str, name: str, kind: str) -> None:
+    """A parameter name (searched or fixed) must be something a trial of this kind can set."""
     if kind == "inference":
         if not (name in INFERENCE_TARGETS or (name.startswith("knobs.") and len(name) > len("knobs."))):
             raise ValueError(f"{key}: unknown parameter for an inference search; choose one of "
@@ -64,6 +64,11 @@ def _parse_param(name: str, spec: Any, earlier: dict[str, Param], kind: str, sec
     elif not name.startswith(TRAIN_PREFIXES):
         raise ValueError(f"{key}: a training search parameter is an `orderlab fit` key starting with one of "
                          f"{list(TRAIN_PREFIXES)} (e.g. model.lr)")
+
+
+def _parse_param(name: str, spec: Any, earlier: dict[str, Param], kind: str) -> Param:
+    key = f"space.{name}"
+    _check_name(key, name, kind)
     if not isinstance(spec, dict):
         raise ValueError(f"{key}={spec!r} must be a mapping like {{type: int, low: 4, high: 32}}")
     ptype = spec.get("type")
@@ -152,7 +157,7 @@ def parse_space(space: Any, kind: str, fixed: dict[str, Any] | None = None) -> l
     for name in fixed or {}:
         if name in params:
             raise ValueError(f"fixed.{name}: also in space; a parameter is either searched or fixed")
-        _parse_param(str(name), {"type": "categorical", "choices": [0]}, {}, kind, "fixed")  # the name check
+        _check_name(f"fixed.{name}", str(name), kind)
     if kind == "inference":
         _check_inference(params, fixed or {})
     return list(params.values())

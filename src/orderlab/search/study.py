@@ -145,7 +145,8 @@ def _objective(spec: SearchSpec):
     return InferenceObjective(spec, spec.params) if spec.kind == "inference" else TrainObjective(spec, spec.params)
 
 
-def worker(spec: SearchSpec, url: str, index: int, quota: int, seed: int, threads: int | None = None) -> None:
+def worker(spec: SearchSpec, url: str, index: int, quota: int, seed: int, threads: int | None = None,
+           objective=None) -> None:
     """One process's share of the study: ``quota`` trials, each printed as one line, failures recorded."""
     import torch
 
@@ -159,7 +160,7 @@ def worker(spec: SearchSpec, url: str, index: int, quota: int, seed: int, thread
     study = optuna.load_study(study_name=spec.study_name, storage=_storage(url, spec.heartbeat),
                               sampler=_sampler(spec, seed),
                               pruner=pruner)
-    objective = _objective(spec)
+    objective = objective or _objective(spec)
 
     def run(trial):
         t0 = time.perf_counter()
@@ -182,10 +183,6 @@ def worker(spec: SearchSpec, url: str, index: int, quota: int, seed: int, thread
     study.optimize(run, n_trials=quota, timeout=spec.timeout, catch=(Exception,), gc_after_trial=True)
 
 
-def _spawned(args: tuple) -> None:
-    worker(*args)
-
-
 def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: int = 1) -> dict[str, Any]:
     """Create or load the study, run ``n_trials`` more trials in ``workers`` processes, write the reports."""
     from orderlab.search.report import write_reports
@@ -197,8 +194,8 @@ def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: in
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of ours instead
     os.makedirs(spec.out, exist_ok=True)
     url = storage_url(storage, spec.out)
-    if spec.kind == "train":
-        TrainObjective(spec, spec.params).check()
+    objective = _objective(spec)
+    objective.check()  # a bad fit key or sample count fails here, before the study is written
     study = optuna.create_study(study_name=spec.study_name, storage=_storage(url, spec.heartbeat),
                                 directions=spec.directions,
                                 load_if_exists=True)  # created here, once, so workers never race on the schema
@@ -212,13 +209,13 @@ def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: in
     base = spec.seed + 1009 * before  # a rerun continues with fresh draws instead of repeating the first ones
     quotas = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
     if workers == 1:
-        worker(spec, url, 0, quotas[0], base)
+        worker(spec, url, 0, quotas[0], base, objective=objective)
     else:
         import multiprocessing as mp
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and open DB connections
-        procs = [ctx.Process(target=_spawned, args=((spec, url, i, q, base + i, threads),)) for i, q in
+        procs = [ctx.Process(target=worker, args=(spec, url, i, q, base + i, threads)) for i, q in
                  enumerate(quotas) if q]
         for p in procs:
             p.start()
