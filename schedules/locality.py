@@ -62,17 +62,17 @@ class Locality(Schedule):
         rows, cols = (torch.arange(n) // width).tolist(), (torch.arange(n) % width).tolist()
         nbrs = _neighbours(height, width)
         generated = is_known.clone()  # (N,)
-        # proximity scores as Python floats (float64, summed in the same order as a tensor would be): updating a
-        # tensor one element at a time costs microseconds per update and dominated planning
-        prox = [0.0] * n
+        # A cell's proximity is (#generated edge neighbours) + (#generated diagonal neighbours) / sqrt(2). It is kept
+        # as the two integer counts, so equal scores are equal exactly, whatever order the neighbours arrived in;
+        # distinct counts (each 0..4) differ by >= 0.12, so one float per cell orders them exactly (ties included).
+        edge, diag = [0] * n, [0] * n
         for p in torch.nonzero(is_known).flatten().tolist():
-            for q, wgt in nbrs[p]:
-                prox[q] += wgt
+            _add_neighbours(nbrs[p], edge, diag)
         groups = []
         for g in sizes:
             free = torch.nonzero(~generated).flatten()  # (M,)
             free = free[torch.randperm(free.numel(), generator=generator)]  # random tie-break
-            score = torch.tensor(prox, dtype=torch.float64)[free]  # (M,)
+            score = torch.tensor([edge[c] + diag[c] * _INV_SQRT2 for c in free.tolist()], dtype=torch.float64)  # (M,)
             order = torch.argsort(-score, stable=True)
             free, score = free[order], score[order]
             high_mask = score >= self.proximity - 1e-9
@@ -93,19 +93,30 @@ class Locality(Schedule):
             group = torch.tensor(picks, dtype=torch.long)
             generated[group] = True
             for p in picks:
-                for q, wgt in nbrs[p]:
-                    prox[q] += wgt
+                _add_neighbours(nbrs[p], edge, diag)
             groups.append(group)
         return groups
 
 
+_INV_SQRT2 = 1 / math.sqrt(2)  # IEEE sqrt and division are correctly rounded: the same float on every machine
+
+
+def _add_neighbours(cells: tuple[tuple[int, bool], ...], edge: list[int], diag: list[int]) -> None:
+    """Count one more generated neighbour for each of ``cells`` ((cell, is_diagonal) pairs)."""
+    for q, is_diag in cells:
+        if is_diag:
+            diag[q] += 1
+        else:
+            edge[q] += 1
+
+
 @functools.lru_cache(maxsize=64)
-def _neighbours(height: int, width: int) -> tuple[tuple[tuple[int, float], ...], ...]:
-    """For every cell, its 8-neighbours with weight 1 / Euclidean distance."""
+def _neighbours(height: int, width: int) -> tuple[tuple[tuple[int, bool], ...], ...]:
+    """For every cell, its 8-neighbours as (cell, is_diagonal); an edge weighs 1, a diagonal 1/sqrt(2) (LPD)."""
     out = []
     for p in range(height * width):
         r, c = divmod(p, width)
-        out.append(tuple(((r + dr) * width + c + dc, 1.0 if dr == 0 or dc == 0 else 1 / math.sqrt(2))
+        out.append(tuple(((r + dr) * width + c + dc, bool(dr and dc))
                          for dr in (-1, 0, 1) for dc in (-1, 0, 1)
                          if (dr or dc) and 0 <= r + dr < height and 0 <= c + dc < width))
     return tuple(out)
@@ -115,22 +126,26 @@ def _farthest_points(pool: list[int], k: int, anchors: list[int], width: int,
                      generator: torch.Generator) -> list[int]:
     """Pick k cells of ``pool`` one by one, each maximising its Euclidean distance to the anchors and earlier picks.
 
-    Ties go to the first cell in pool order; with no anchor the first pick is uniformly random. Following LPD.
+    Distances are compared squared, as exact integers, so no rounding (BLAS, CPU flags, thread count) can decide a
+    pick. Ties go to the first cell in pool order; with no anchor the first pick is uniformly random. Following LPD.
     """
     if len(pool) <= k:
         return list(pool)
     cand = torch.tensor(pool, dtype=torch.long)
-    xy = torch.stack([cand // width, cand % width], dim=1).double()  # (P, 2)
-    dist = torch.full((len(pool),), math.inf, dtype=torch.float64)  # (P,)
+    xy = torch.stack([cand // width, cand % width], dim=1)  # (P, 2) int64
+    far = torch.iinfo(torch.long).max
+    dist2 = torch.full((len(pool),), far, dtype=torch.long)  # (P,) squared distance to the nearest anchor or pick
     if anchors:
         a = torch.tensor(anchors, dtype=torch.long)
-        axy = torch.stack([a // width, a % width], dim=1).double()  # (A, 2)
-        dist = torch.cdist(xy, axy).min(dim=1).values
+        axy = torch.stack([a // width, a % width], dim=1)  # (A, 2)
+        dist2 = (xy[:, None, :] - axy[None, :, :]).pow(2).sum(-1).amin(1)  # (P,)
     picked = []
     for _ in range(k):
-        j = int(torch.randint(len(pool), (1,), generator=generator)) if not picked and not anchors \
-            else int(torch.argmax(dist))  # argmax returns the first maximum
+        if not picked and not anchors:
+            j = int(torch.randint(len(pool), (1,), generator=generator))
+        else:
+            j = int(torch.argmax(dist2))  # integers: the first maximum, i.e. the first in pool order
         picked.append(j)
-        dist = torch.minimum(dist, (xy - xy[j]).pow(2).sum(1).sqrt())
-        dist[picked] = -1.0
+        dist2 = torch.minimum(dist2, (xy - xy[j]).pow(2).sum(1))
+        dist2[picked] = -1
     return [pool[j] for j in picked]

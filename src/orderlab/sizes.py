@@ -7,8 +7,10 @@ parameter (``"power:1.5"``), or an explicit list of ints.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from orderlab.plan import PlanError
 
@@ -77,7 +79,12 @@ def resolve_sizes(spec: SizeSpec, n: int, steps: int | None) -> tuple[int, ...]:
     if steps is None:
         raise PlanError(f"size rule {spec!r} needs a step budget")
     _check_budget(n, steps)
-    fn = _RULES[name]
+    return _rule_sizes(_RULES[name], spec, arg, n, steps)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rule_sizes(fn: SizeRule, spec: str, arg: str, n: int, steps: int) -> tuple[int, ...]:
+    # rules are pure; cached because every sample's plan asks again and an exact boundary costs milliseconds
     try:
         sizes = fn(n, steps, float(arg)) if arg else fn(n, steps)
     except (TypeError, ValueError) as err:
@@ -87,11 +94,55 @@ def resolve_sizes(spec: SizeSpec, n: int, steps: int | None) -> tuple[int, ...]:
     return out
 
 
-def _mask_ratio_rule(n: int, steps: int, gamma: Callable[[float], float]) -> list[int]:
+# ------------------------------------------------------------------------------------- exact rounding of sizes
+# A size rule floors or rounds a real number computed with libm (cos, acos, pow). Those functions may differ in
+# the last bit between C libraries, and where the true value is an integer (cos(pi/3) = 1/2, so N/2 at
+# r = 2/3) or a half-integer, that last bit decides the size. Near such a boundary the value is recomputed with
+# 60 significant digits; a value within 1e-40 of the boundary is taken to be on it exactly.
+_NEAR = 1e-6  # float error of these rules is below 1e-9 for N up to 10^6; farther than this, float decides
+
+
+def _precise(value: Callable[[Any], Any]) -> Any:
+    """``value(mpmath)`` at 60 significant digits."""
+    import mpmath
+
+    with mpmath.workdps(60):
+        return +value(mpmath)
+
+
+def exact_floor(approx: float, value: Callable[[Any], Any]) -> int:
+    """floor of a real number: ``approx`` is its float value, ``value(lib)`` computes it with ``lib`` = mpmath."""
+    k = math.floor(approx)
+    if approx - k > _NEAR and k + 1 - approx > _NEAR:
+        return k
+    import mpmath
+
+    v = _precise(value)
+    m = int(mpmath.nint(v))
+    return m if abs(v - m) < mpmath.mpf(10) ** -40 else int(mpmath.floor(v))
+
+
+def exact_round(approx: float, value: Callable[[Any], Any]) -> int:
+    """Python's round (half to even) of a real number given as in :func:`exact_floor`."""
+    k = math.floor(approx)
+    if abs(approx - k - 0.5) > _NEAR:
+        return round(approx)
+    import mpmath
+
+    v = _precise(value)
+    k = int(mpmath.floor(v))
+    frac = v - k
+    if abs(frac - mpmath.mpf(1) / 2) < mpmath.mpf(10) ** -40:
+        return k + (k % 2)  # an exact half: to even, as round() does
+    return k + (1 if frac > mpmath.mpf(1) / 2 else 0)
+
+
+def _mask_ratio_rule(n: int, steps: int, gamma: Callable[[Any, Any], Any]) -> list[int]:
     """MaskGIT's rule: after step t, floor(N * gamma((t+1)/T)) tokens stay masked.
 
     Following MaskGIT/ARPG, with one change of ours: the masked count is clamped to leave at least one token for
     every later step (MaskGIT clamps to >= 1), so that any 1 <= T <= N yields exactly T non-empty groups.
+    ``gamma(r, lib)`` computes the mask ratio with ``lib`` = math (float) or mpmath (see :func:`exact_floor`).
     """
     sizes, remaining = [], n
     for t in range(steps):
@@ -99,7 +150,8 @@ def _mask_ratio_rule(n: int, steps: int, gamma: Callable[[float], float]) -> lis
         if later == 0:
             emit = remaining
         else:
-            keep = math.floor(n * gamma((t + 1) / steps))
+            keep = exact_floor(n * gamma((t + 1) / steps, math),
+                               lambda lib, t=t: n * gamma(lib.mpf(t + 1) / steps, lib))
             keep = min(max(keep, later), remaining - 1)
             emit = remaining - keep
         sizes.append(emit)
@@ -110,7 +162,7 @@ def _mask_ratio_rule(n: int, steps: int, gamma: Callable[[float], float]) -> lis
 @register_size_rule("cosine")
 def cosine(n: int, steps: int) -> list[int]:
     """MaskGIT's cosine schedule (arXiv 2202.04200), first group pinned to one token as in LPD."""
-    sizes = _mask_ratio_rule(n, steps, lambda r: math.cos(math.pi / 2 * r))
+    sizes = _mask_ratio_rule(n, steps, lambda r, lib: lib.cos(lib.pi / 2 * r))
     if steps > 1 and sizes[0] > 1:
         sizes[1] += sizes[0] - 1
         sizes[0] = 1
@@ -120,7 +172,7 @@ def cosine(n: int, steps: int) -> list[int]:
 @register_size_rule("arccos")
 def arccos(n: int, steps: int) -> list[int]:
     """ARPG's recommended sampling schedule: mask ratio arccos(r) / (pi/2)."""
-    return _mask_ratio_rule(n, steps, lambda r: math.acos(min(r, 1.0)) / (math.pi / 2))
+    return _mask_ratio_rule(n, steps, lambda r, lib: lib.acos(min(r, 1)) / (lib.pi / 2))
 
 
 @register_size_rule("uniform")
@@ -143,21 +195,36 @@ def power(n: int, steps: int, p: float = 1.0) -> list[int]:
         raise ValueError(f"exponent must be finite, got {p}")
     if p == 0:  # rounding the cumulative fractions would scatter the larger groups; p=0 *is* the uniform rule
         return uniform(n, steps)
-    weights = [((t + 1) / steps) ** p for t in range(steps)]
-    total = sum(weights)
-    cum, acc = [], 0.0
-    for w in weights:
-        acc += w
-        cum.append(acc / total)
-    return from_cumulative(cum, n)
+
+    def cumulative(lib) -> list:
+        one = 1.0 if lib is math else lib.mpf(1)
+        weights = [(one * (t + 1) / steps) ** p for t in range(steps)]
+        total = sum(weights)
+        cum, acc = [], 0 * one
+        for w in weights:
+            acc += w
+            cum.append(acc / total)
+        return cum
+
+    return from_cumulative(cumulative(math), n, exact=lambda lib: cumulative(lib))
 
 
-def from_cumulative(fractions: Sequence[float], n: int) -> list[int]:
-    """Round T cumulative fractions (ending at 1) to T positive sizes summing to N, each boundary moved the least."""
+def from_cumulative(fractions: Sequence[float], n: int,
+                    exact: Callable[[Any], Sequence[Any]] | None = None) -> list[int]:
+    """Round T cumulative fractions (ending at 1) to T positive sizes summing to N, each boundary moved the least.
+
+    ``exact(mpmath)``, when given, recomputes the fractions precisely; it decides boundaries whose float value is
+    within rounding of a half-integer (:func:`exact_round`).
+    """
     steps = len(fractions)
     bounds, prev = [], 0
     for t, f in enumerate(fractions):
-        b = n if t == steps - 1 else round(f * n)
+        if t == steps - 1:
+            b = n
+        elif exact is None:
+            b = round(f * n)
+        else:
+            b = exact_round(f * n, lambda lib, t=t: n * exact(lib)[t])
         b = min(max(b, prev + 1), n - (steps - t - 1))
         bounds.append(b)
         prev = b
