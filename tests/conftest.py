@@ -1,7 +1,68 @@
 """Shared pytest fixtures."""
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# what may appear in the checkout during a run without a test writing it: Python's, packaging's and linters' caches
+_BYPRODUCTS = ("__pycache__", ".egg-info", ".pytest_cache", ".ruff_cache", ".mypy_cache")
+
+
+def _ignored_paths() -> set[str] | None:
+    """Git-ignored files of the checkout (outside .venv), where test output would land; None outside a git checkout.
+
+    Only ignored paths are compared: a new source file someone is writing meanwhile is untracked, not ignored.
+    """
+    try:
+        res = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--ignored", "-uall", "--", ".",
+                              ":(exclude).venv"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        return None
+    return {line[3:] for line in res.stdout.splitlines()
+            if line.startswith("!! ") and not any(b in line for b in _BYPRODUCTS)}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tests_write_only_under_tmp(tmp_path_factory):
+    """Every test writes only under its temporary folders; the session fails at its end, naming what strayed.
+
+    The session runs in an empty folder of its own, so a relative path (a YAML's ``runs/...``, ``lightning_logs``,
+    a default ``--out``) lands there instead of in the checkout, and anything found there at the end is an error.
+    So is a new git-ignored file in the checkout (an absolute path into it).
+    """
+    before = _ignored_paths()
+    cwd = tmp_path_factory.mktemp("cwd")
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+    stray = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
+    after = _ignored_paths()
+    new = sorted(after - before) if before is not None and after is not None else []
+    if stray or new:
+        pytest.fail("tests wrote outside their tmp folders: "
+                    + (f"relative paths {stray[:20]} (in the session's working folder {cwd}); " if stray else "")
+                    + (f"into the checkout {ROOT}: {new[:20]}" if new else ""), pytrace=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache_in_tmp(tmp_path_factory):
+    """orderlab's caches (``$ORDERLAB_CACHE``) go to a session folder: the suite never writes ~/.cache."""
+    old = os.environ.get("ORDERLAB_CACHE")
+    os.environ["ORDERLAB_CACHE"] = str(tmp_path_factory.mktemp("orderlab-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ORDERLAB_CACHE", None)
+    else:
+        os.environ["ORDERLAB_CACHE"] = old
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,6 +5,7 @@ Importable as ``probes`` when ``tests/`` is on PYTHONPATH; set in YAML as ``clas
 
 import hashlib
 import os
+import time
 
 from lightning.pytorch.callbacks import Callback
 
@@ -32,3 +33,20 @@ class RecordStart(Callback):
     def on_train_start(self, trainer, pl_module):
         with open(self.path, "a") as fh:
             fh.write(f"{trainer.global_step}\n")
+
+
+class PauseAt(Callback):
+    """Before the batch at global step ``step``, write ``path`` and wait there (up to ``seconds``) to be killed.
+
+    A test kills the run at a known step instead of racing a fast or slow machine. A run that finds ``path``
+    already there (the resumed run) does not pause.
+    """
+
+    def __init__(self, step: int, path: str, seconds: float = 600.0):
+        self.step, self.path, self.seconds = step, path, seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and not os.path.exists(self.path):
+            with open(self.path, "w") as fh:
+                fh.write(f"{trainer.global_step}\n")
+            time.sleep(self.seconds)

@@ -15,16 +15,28 @@ from orderlab.evaluation import parse_row
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_tiny_end_to_end(digits_root, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "demo"
+def tiny_experiment(tmp_path) -> Path:
+    """experiments/digits/base.yaml with a tiny backbone."""
     cfg = tmp_path / "tiny.yaml"
     base = (ROOT / "experiments" / "digits" / "base.yaml").read_text()
     cfg.write_text(base.replace("depth: 4", "depth: 1").replace("dim: 128", "dim: 16").replace("heads: 4", "heads: 2"))
-    main(["demo", "--out", str(out), "--data", digits_root, "--config", str(cfg), "--max_steps", "3",
-          "--rows", "[random:64, random:8, locality:8]", "--num_samples", "16"])
+    return cfg
+
+
+def ckpt_step(path) -> int:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_demo_tiny_end_to_end(digits_root, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "demo"
+    cfg = tiny_experiment(tmp_path)
+    main(["demo", "--out", str(out), "--data", digits_root, "--experiment", str(cfg), "--max_steps", "3",
+          "--rows", "[random:64, random:8, locality:8]", "--num_samples", "16", "--threads", "1"])
     text = (out / "report.md").read_text()
     for piece in ("FCD", "NOT comparable", "random T=8", "locality T=8", "fcd_vs_steps.png", "samples.png",
-                  "Noise floor", "N/8 = 8 steps"):
+                  "Noise floor", "N/8 = 8 steps", "Training: **3 of 3 steps**", "with 1 torch thread(s)"):
         assert piece in text, piece
     for f in ("results.csv", "results.json", "fcd_vs_steps.png", "samples.png", "checkpoints/last.ckpt"):
         assert (out / f).is_file(), f
@@ -40,9 +52,73 @@ def test_demo_tiny_end_to_end(digits_root, tmp_path, monkeypatch, capsys):
     assert [r["forward_passes"] for r in rows] == [64, 8, 8]
     assert all(np.isfinite(r["fcd"]) and r["num_samples"] == 16 for r in rows)
     # a second run resumes from last.ckpt instead of training again from zero
-    main(["demo", "--out", str(out), "--data", digits_root, "--config", str(cfg), "--max_steps", "4",
+    main(["demo", "--out", str(out), "--data", digits_root, "--experiment", str(cfg), "--max_steps", "4",
           "--rows", "[random:8]", "--num_samples", "16"])
-    assert "resuming from last.ckpt" in capsys.readouterr().out
+    assert "resuming from last.ckpt at step 3" in capsys.readouterr().out
+    assert "Training: **4 of 4 steps**, resumed at step 3" in (out / "report.md").read_text()
+
+
+def test_demo_stopped_short_says_so_exits_1_and_a_rerun_finishes(digits_root, tmp_path, capsys):
+    """A time limit that stops training early: the run says so, every verdict is 'not meaningful', the command exits
+    1 after writing the report; the rerun continues from last.ckpt to max_steps."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--data", digits_root, "--experiment", str(tiny_experiment(tmp_path)),
+            "--max_steps", "4", "--rows", "[random:64, random:8, locality:8]", "--num_samples", "16",
+            "--callbacks", "false", "--threads", "1"]
+    with pytest.raises(SystemExit) as err:
+        main([*args, "--time_limit", "0"])  # the guard stops training after its first step
+    assert err.value.code == 1
+    io = capsys.readouterr()
+    assert "TRAINING STOPPED SHORT: 1 of 4 steps" in io.err and "NOT FINISHED" in io.err
+    text = (out / "report.md").read_text()  # written before the exit
+    assert "WARNING: training stopped short: 1 of 4 steps" in text and "Training: **1 of 4 steps**" in text
+    verdicts = [line for line in text.splitlines() if line.startswith("- ") and " -> " in line]
+    assert len(verdicts) == 2, verdicts
+    assert all(line.endswith("not meaningful (trained 1 of 4 steps).") for line in verdicts), verdicts
+    assert not any("holds" in line or "does NOT hold" in line for line in verdicts)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    assert ckpt_step(ckpt) == 1  # saved where the guard stopped, not at the last periodic checkpoint
+    import torch
+
+    states = torch.load(ckpt, map_location="cpu", weights_only=False).get("callbacks", {})
+    assert not any("Timer" in k or "TimeLimit" in k for k in states), "no elapsed time is carried to the rerun"
+    # the rerun: the guard is per run, so training continues from step 1 to max_steps and the verdicts stand
+    main(args)
+    assert "resuming from last.ckpt at step 1" in capsys.readouterr().out
+    assert ckpt_step(ckpt) == 4
+    text = (out / "report.md").read_text()
+    assert "Training: **4 of 4 steps**, resumed at step 1" in text
+    assert "not meaningful" not in text and "WARNING" not in text and "holds" in text
+
+
+def test_default_threads_follow_the_openmp_wait_policy(monkeypatch):
+    from orderlab.commands.demo_cmd import default_threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert default_threads() == 1  # spinning idle threads: 2 threads collapse next to other CPU-bound work
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what `make demo` sets
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_threads() == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert default_threads() == 1
+
+
+def test_fit_config_replaces_max_time_with_a_per_run_guard(tmp_path):
+    import yaml
+
+    from orderlab.commands.demo_cmd import fit_config
+
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(yaml.safe_dump({"trainer": {"max_steps": 9, "max_time": "00:00:05:30", "callbacks": [
+        {"class_path": "orderlab.callbacks.TimeLimit", "init_args": {"minutes": 3}},
+        {"class_path": "lightning.pytorch.callbacks.Timer", "init_args": {"duration": "00:00:01:00"}}]}}))
+    for limit in (2.5, None):
+        path = fit_config(str(cfg), str(tmp_path / "o"), "d", None, time_limit=limit)
+        tr = yaml.safe_load(Path(path).read_text())["trainer"]
+        guards = [c for c in tr["callbacks"] if c["class_path"].endswith(("TimeLimit", "Timer"))]
+        assert "max_time" not in tr
+        assert guards == ([{"class_path": "orderlab.callbacks.TimeLimit", "init_args": {"minutes": 2.5}}]
+                          if limit else [])
 
 
 def test_findings_state_whether_the_anchor_claims_hold():
@@ -50,6 +126,10 @@ def test_findings_state_whether_the_anchor_claims_hold():
             dict(schedule="locality", forward_passes=8, fcd=12.0)]
     lines = findings(rows, 64)
     assert "finding holds" in lines[0] and "does NOT hold" in lines[1]
+    assert findings(rows, 64, trained=(400, 400)) == lines
+    short = findings(rows, 64, trained=(67, 400))  # an under-trained model: no verdict either way
+    assert len(short) == 2 and all(line.endswith("not meaningful (trained 67 of 400 steps).") for line in short)
+    assert not any("hold" in line for line in short)
     rows[1]["fcd"] = 20.0
     rows[2]["fcd"] = 19.0
     lines = findings(rows, 64)
@@ -65,7 +145,7 @@ def test_rows_parse_and_fail_clearly():
         parse_row("locality:x")
     with pytest.raises(ValueError, match="stepz"):
         parse_row({"schedule": "random", "stepz": 3})
-    with pytest.raises(TypeError, match="bogus"):
+    with pytest.raises(ValueError, match="bogus"):  # bad input like the rest: the CLI prints it in one line
         parse_row({"schedule": "random", "knobs": {"bogus": 1}})
 
 
@@ -78,14 +158,14 @@ def test_evaluate_and_sample_commands(tiny_ckpt, digits_root, tmp_path, capsys):
     assert all(r["nll_bits_per_token"] > 0 for r in res["rows"])
     md = (tmp_path / "ev" / "results.md").read_text()
     assert "| raster T=64 | 64 |" in md and len(list((tmp_path / "ev").glob("grid_*.png"))) == 2
-    # sampling, then inpainting the bottom half of the first sample: the top half comes back unchanged
+    # sampling, then inpainting the bottom half of each sample: its top half comes back unchanged
     main(["sample", "--ckpt", tiny_ckpt, "--schedule", "locality", "--steps", "8", "--num", "4",
           "--out", str(tmp_path / "s.png"), "--cfg", "2.0"])
     first = np.load(tmp_path / "s.npy")
-    main(["sample", "--ckpt", tiny_ckpt, "--known", str(tmp_path / "s.npy"), "--region", "rows=4:8", "--num", "3",
+    main(["sample", "--ckpt", tiny_ckpt, "--known", str(tmp_path / "s.npy"), "--region", "rows=4:8",
           "--out", str(tmp_path / "inp.png")])
     inp = np.load(tmp_path / "inp.npy")
-    assert (inp[:, :4] == first[0, :4]).all()
+    assert inp.shape == (4, 8, 8) and (inp[:, :4] == first[:, :4]).all()  # more in tests/test_sample_known.py
     capsys.readouterr()
     # a raster model's Jacobi decoding from the command line, with its knobs; greedy SJD equals greedy raster
     main(["sample", "--ckpt", tiny_ckpt, "--schedule", "raster", "--num", "2", "--temperature", "0", "--out",

@@ -26,7 +26,7 @@ def test_nll_bits_equals_the_stepwise_path_and_depends_on_order():
         # the same plans scored by the cached decode loop, sample by sample
         want = []
         for i in range(10):
-            plans, _ = make_plans(row.schedule, 4, 5, row.steps, 1, seed=5 + i)
+            plans, _ = make_plans(row.schedule, 4, 5, row.steps, 1, seed=5, first_index=i)
             want.append(token_logprobs(model, labels[i:i + 1], tokens[i:i + 1], plans, method="stepwise"))
         assert got == pytest.approx(float(-torch.cat(want).mean() / math.log(2)), abs=1e-6)  # token_logprobs works in float32
     a = nll_bits(model, tokens, labels, Row("raster", 20))

@@ -21,9 +21,14 @@ DEBUG = str(ROOT / "experiments" / "debug.yaml")
 ORDERLAB = str(Path(sys.executable).parent / "orderlab")
 
 
+def fit_args(root, out, steps=2):
+    """debug.yaml's tiny run with its TensorBoard logger under ``out`` too (the YAML's save_dir is runs/debug)."""
+    return [*tiny_fit_args(root, out, steps), "--trainer.logger.init_args.save_dir", str(out)]
+
+
 def _fit_error(capsys, digits_root, tmp_path, *extra):
     with pytest.raises(SystemExit) as exc:
-        run_lightning_cli(["fit", "--config", DEBUG, *tiny_fit_args(digits_root, tmp_path), *extra])
+        run_lightning_cli(["fit", "--config", DEBUG, *fit_args(digits_root, tmp_path), *extra])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err  # one line
@@ -51,7 +56,7 @@ def test_unknown_schedule_lists_the_choices(capsys, digits_root, tmp_path):
 
 
 def test_train_schedule_by_class_path(digits_root, tmp_path):
-    cli = run_lightning_cli(["fit", "--config", DEBUG, *tiny_fit_args(digits_root, tmp_path),
+    cli = run_lightning_cli(["fit", "--config", DEBUG, *fit_args(digits_root, tmp_path),
                              "--model.train_schedule", "orderlab.schedules.locality.Locality",
                              "--model.train_schedule.repulsion", "1"])
     assert type(cli.model.train_plans).__name__ == "Locality" and cli.model.train_plans.repulsion == 1
@@ -94,8 +99,8 @@ def test_lr_schedule_and_weight_decay_groups():
 
 def test_training_plans_are_seeded_and_share_sizes():
     m = OrderModule(budgets=[16, 8])
-    a = m.plans_for(4, 3, 8, m.train_plans)
-    b = m.plans_for(4, 3, 8, m.train_plans)
+    a = m.plans_for(4, 8, m.train_plans, 0, "train-plan", 3, 0)
+    b = m.plans_for(4, 8, m.train_plans, 0, "train-plan", 3, 0)
     assert [p.order.tolist() for p in a] == [p.order.tolist() for p in b]
     assert len({tuple(p.order.tolist()) for p in a}) == 4  # one random order per sample
     assert len({p.sizes for p in a}) == 1 and len(a[0].sizes) == 8
@@ -108,29 +113,25 @@ def _env():
 
 def test_resume_after_kill_continues_from_the_saved_step(digits_root, tmp_path):
     ckdir = tmp_path / "ck"
-    args = [ORDERLAB, "fit", "--config", DEBUG, *tiny_fit_args(digits_root, tmp_path, 400),
+    args = [ORDERLAB, "fit", "--config", DEBUG, *fit_args(digits_root, tmp_path, 400),
             "--trainer.val_check_interval", "1000", "--trainer.callbacks+=ModelCheckpoint",
             f"--trainer.callbacks.dirpath={ckdir}", "--trainer.callbacks.every_n_train_steps=5",
             "--trainer.callbacks.save_last=true", "--trainer.callbacks+=probes.RecordStart",
-            f"--trainer.callbacks.path={tmp_path / 'starts.txt'}"]
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            f"--trainer.callbacks.path={tmp_path / 'starts.txt'}", "--trainer.callbacks+=probes.PauseAt",
+            "--trainer.callbacks.step=12", f"--trainer.callbacks.path={tmp_path / 'paused.txt'}"]
+    # the run waits at step 12 (last.ckpt holds step 10) until it is killed: no race with the machine's speed
+    with open(tmp_path / "fit.log", "w") as log:
+        proc = subprocess.Popen(args, env=_env(), stdout=log, stderr=subprocess.STDOUT)
     last = ckdir / "last.ckpt"
-    deadline = time.time() + 120
-    saved = 0
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file():
-            try:
-                saved = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-            except Exception:  # being replaced right now
-                saved = 0
-            if saved >= 10:
-                break
+    deadline = time.monotonic() + 600  # a generous bound for a busy machine; normally a few seconds
+    while time.monotonic() < deadline and proc.poll() is None and not (tmp_path / "paused.txt").exists():
         time.sleep(0.2)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    running = proc.poll() is None
     proc.send_signal(signal.SIGKILL)  # a real kill, mid-epoch (an epoch is 47 batches)
     proc.wait()
+    assert running and (tmp_path / "paused.txt").exists(), (tmp_path / "fit.log").read_text()[-2000:]
     saved = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert 10 <= saved < 47
+    assert saved == 10
     args2 = [a if a != "400" else str(saved + 3) for a in args] + ["--ckpt_path", "last"]
     done = subprocess.run(args2, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -141,7 +142,7 @@ def test_resume_after_kill_continues_from_the_saved_step(digits_root, tmp_path):
 
 def test_ddp_two_cpu_processes_see_disjoint_data(digits_root, tmp_path):
     rec = tmp_path / "rec"
-    args = [ORDERLAB, "fit", "--config", DEBUG, *tiny_fit_args(digits_root, tmp_path, 6),
+    args = [ORDERLAB, "fit", "--config", DEBUG, *fit_args(digits_root, tmp_path, 6),
             "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.val_check_interval", "1000",
             "--trainer.callbacks+=probes.RecordBatches", f"--trainer.callbacks.folder={rec}",
             "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={tmp_path / 'ck'}",

@@ -62,21 +62,35 @@ def test_same_inputs_give_the_same_numbers(fcd, train_images):
     assert "FCD" in format_metrics(a) and "300 real vs 300 generated" in format_metrics(a)
 
 
-def test_reference_features_are_cached_in_the_dataset_folder(fcd, digits, train_images):
-    before = set(os.listdir(digits))
+def test_reference_features_are_cached_in_the_cache_folder(fcd, digits, train_images, tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("ORDERLAB_CACHE", str(folder))
+    data_before = sorted(os.listdir(digits))
     first = ImageMetrics("classifier", digits, num_samples=256)  # extractor named, reference = the val split
-    (cache,) = set(os.listdir(digits)) - before
+    (cache,) = os.listdir(folder)
     assert cache.startswith("digits-val-n256-fcd-") and cache.endswith(".pt") and not cache.startswith(".")
     second = ImageMetrics(fcd, RealImages(digits, "val"), num_samples=256)
     assert torch.equal(first.real_features, second.real_features)
     fresh = ImageMetrics(fcd, RealImages(digits, "val").images(256), num_samples=256)
     assert torch.equal(first.real_features, fresh.real_features)
-    by_path = ImageMetrics(fcd, os.path.join(digits, cache), num_samples=256)
+    by_path = ImageMetrics(fcd, str(folder / cache), num_samples=256)
     assert by_path.compute(train_images[:256]) == first.compute(train_images[:256])
     with pytest.raises(ValueError, match=f"{cache}.* holds 256 images, not num_samples=200"):
-        ImageMetrics(fcd, os.path.join(digits, cache), num_samples=200)
+        ImageMetrics(fcd, str(folder / cache), num_samples=200)
     ImageMetrics(fcd, digits, num_samples=128, cache=False)
-    assert len(set(os.listdir(digits)) - before) == 1
+    assert os.listdir(folder) == [cache]
+    other = tmp_path / "other"
+    ImageMetrics(fcd, digits, num_samples=128, cache=str(other))  # an explicit folder
+    assert [p.name.split("-")[2] for p in other.iterdir()] == ["n128"]
+    assert sorted(os.listdir(digits)) == data_before  # the dataset folder is only read
+
+
+def test_an_unwritable_cache_only_warns(fcd, digits, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match="cannot write the feature cache"):
+        metrics = ImageMetrics(fcd, digits, num_samples=64, cache=str(blocked / "cache"))
+    assert metrics.real_features.shape[0] == 64
 
 
 def test_metric_input_errors(fcd, digits, train_images):

@@ -172,3 +172,29 @@ def test_write_split_rejects_bad_tokens_before_writing(tmp_path, tokens, labels,
     with pytest.raises(ShardError, match=f"split 'train': {message}"):
         write_split(str(tmp_path), "train", tokens, labels, num_shards=2, vocab_size=5)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_prepare_again_with_the_same_options_is_a_no_op(tmp_path, capsys):
+    """A rerun that asks for the folder's own dataset and options does nothing; anything else is still refused."""
+    out = tmp_path / "digits"
+    args = ["prepare", "digits", "--out", str(out), "--progress", "false", "--limit", "200", "--num_shards", "2"]
+    main(args)
+    assert read_manifest(str(out))["prepare_options"] == {"dataset": "digits", "num_shards": 2, "seed": 0,
+                                                          "val_fraction": 0.15, "limit": 200, "epochs": 2,
+                                                          "source": None, "tokenizer": None}
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    main(args)
+    assert "already holds digits prepared with these options; nothing to do" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before and leftovers(tmp_path) == []
+    with pytest.raises(SystemExit) as exit_info:  # other options: refused, naming the difference
+        main([*args, "--seed", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"{out} already exists" in err and "seed=0 there, 1 asked" in err
+    (out / "val-000001.tar").write_bytes(b"")  # a damaged folder is never taken for a finished one
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "not an intact prepared dataset" in err and "val-000001.tar" in err
+    main([*args, "--overwrite", "true"])
+    assert "prepared digits" in capsys.readouterr().out and (out / "val-000001.tar").stat().st_size > 0

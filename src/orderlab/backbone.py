@@ -17,7 +17,7 @@ from torch import nn
 
 from orderlab.layers import Block, KVCache, RMSNorm, find_multiple, rope_tables
 
-__all__ = ["ModelConfig", "PRESETS", "FlexTransformer", "build_model", "drop_labels"]
+__all__ = ["ModelConfig", "PRESETS", "FlexTransformer", "build_model", "check_data_matches", "drop_labels"]
 
 # depth / width / heads; LlamaGen's GPT-L/XL/XXL widths (ARPG and LPD inherit them), smaller ones for CPU.
 PRESETS: dict[str, dict[str, int]] = {
@@ -102,6 +102,20 @@ class ModelConfig:
     @property
     def null_label(self) -> int | None:
         return self.num_classes if self.null_class else None
+
+
+def check_data_matches(cfg: ModelConfig, manifest: dict) -> None:
+    """Fail when the data's grid, vocabulary or classes do not fit the model's config (fit, evaluate, search)."""
+    grid = tuple(manifest["grid"])
+    if grid != (cfg.height, cfg.width):
+        raise ValueError(f"model.backbone.height/width={cfg.height}x{cfg.width} does not match the data grid "
+                         f"{grid[0]}x{grid[1]} (data manifest)")
+    if int(manifest["vocab_size"]) != cfg.vocab_size:
+        raise ValueError(f"model.backbone.vocab_size={cfg.vocab_size} does not match the data vocabulary "
+                         f"{manifest['vocab_size']} (data manifest)")
+    if int(manifest.get("num_classes", 0)) > cfg.num_classes:
+        raise ValueError(f"model.backbone.num_classes={cfg.num_classes} is smaller than the data's "
+                         f"{manifest['num_classes']} classes (data manifest)")
 
 
 def drop_labels(labels: torch.Tensor, p: float, null_label: int, generator: torch.Generator | None = None):

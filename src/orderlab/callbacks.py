@@ -1,4 +1,5 @@
-"""TensorBoard callbacks: sample grids, order pictures and attention-locality maps (side effects live here).
+"""TensorBoard callbacks: sample grids, order pictures and attention-locality maps (side effects live here), and
+a per-run training time guard (:class:`TimeLimit`).
 
 Each callback is configured from YAML through its typed ``__init__``::
 
@@ -16,6 +17,9 @@ TensorBoardLogger. Under DDP the other ranks do not wait for rank 0's extra forw
 from __future__ import annotations
 
 import math
+import os
+import sys
+import time
 
 import numpy as np
 import torch
@@ -32,9 +36,10 @@ from orderlab.evaluation import image_grid
 from orderlab.locality import LocalityMaps, attention_locality, query_layers
 from orderlab.plan import PlanError
 from orderlab.schedule import get_schedule, list_schedules
+from orderlab.seeding import sample_generator
 from orderlab.viz import plot_plan
 
-__all__ = ["SampleGrids", "OrderPictures", "AttentionLocality", "upscale", "locality_figure",
+__all__ = ["SampleGrids", "OrderPictures", "AttentionLocality", "TimeLimit", "upscale", "locality_figure",
            "tensorboard_writer"]
 
 
@@ -120,7 +125,8 @@ class SampleGrids(Callback):
         num: samples per grid; labels cycle through the classes (the null class for an unconditional model).
         every_n_epochs: log at validations of epochs e with (e + 1) % every_n_epochs == 0.
         cfg_scale: classifier-free guidance weight (1 = off; needs a null class otherwise).
-        seed: sample i uses seed + i, so grids of one run are comparable across epochs.
+        seed: sample i uses ``sample_generator(seed, i)`` (orderlab.seeding), so grids of one run are comparable
+            across epochs.
         min_side: images are upscaled (nearest neighbour, whole factor) until their short side has this many pixels.
     """
 
@@ -174,7 +180,7 @@ class OrderPictures(Callback):
     Args:
         schedules: registered names; None for every registered schedule.
         steps: T for every picture; None for each schedule's natural budget.
-        seed: the plan's generator seed (matters for stochastic schedules).
+        seed: plans come from ``sample_generator(seed, 0)``, the plan of sample 0 of a decode with this seed.
     """
 
     def __init__(self, schedules: list[str] | None = None, steps: int | None = None, seed: int = 0):
@@ -190,7 +196,7 @@ class OrderPictures(Callback):
         h, w = _grid_size(pl_module)
         for name in self.schedules or list_schedules():
             try:
-                plan = get_schedule(name).plan(h, w, self.steps, torch.Generator().manual_seed(self.seed))
+                plan = get_schedule(name).plan(h, w, self.steps, sample_generator(self.seed, 0))
             except PlanError as err:  # e.g. a budget a geometric schedule cannot meet: skip the picture, not the fit
                 rank_zero_warn(f"OrderPictures: no picture for schedule {name!r} at steps={self.steps}: {err}")
                 continue
@@ -216,7 +222,7 @@ class AttentionLocality(Callback):
         radius: Chebyshev radius r of the scalar.
         num: validation samples (the first ones, cached from the first validation batches).
         every_n_epochs: log at validations of epochs e with (e + 1) % every_n_epochs == 0.
-        seed: sample i's plan uses seed + i.
+        seed: sample i's plan uses ``sample_generator(seed, i)`` (orderlab.seeding).
     """
 
     def __init__(self, layers: list[int] | None = None, schedules: list[str] = ["random"],  # noqa: B006
@@ -278,3 +284,51 @@ class AttentionLocality(Callback):
                 writer.add_scalar(f"locality/share_r{r}/layer{layer}/{name}", maps.share[layer], step)
                 writer.add_scalar(f"locality/uniform_share_r{r}/layer{layer}/{name}", maps.uniform_share[layer], step)
                 writer.add_scalar(f"locality/cond_mass/layer{layer}/{name}", maps.cond_mass[layer], step)
+
+
+# ------------------------------------------------------------------------------------------------------ time guard
+class TimeLimit(Callback):
+    """Stop training after ``minutes`` of wall time in THIS run: a guard, not a budget.
+
+    Unlike ``Trainer(max_time=...)``, whose elapsed-time counter is saved in the checkpoint (so a resumed run adds
+    almost nothing), this keeps no state: a resumed run gets the whole limit again and continues towards
+    ``max_steps``. When the limit stops training before ``max_steps``, it says so on stderr and writes ``last.ckpt``
+    (for every ModelCheckpoint with ``save_last``) at the step reached, so a rerun resumes there rather than at the
+    last periodic checkpoint. ``stopped_at`` holds that step (None when the limit did not stop training).
+
+    Args:
+        minutes: wall-time limit of one run's training (validation included), >= 0.
+    """
+
+    def __init__(self, minutes: float = 10.0):
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes >= 0:
+            raise ValueError(f"TimeLimit minutes={minutes!r} must be a number >= 0")
+        self.minutes = float(minutes)
+        self.stopped_at: int | None = None
+        self._start: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start, self.stopped_at = time.monotonic(), None
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        if self._start is None or trainer.should_stop:
+            return
+        stop = trainer.strategy.broadcast(time.monotonic() - self._start >= 60 * self.minutes)
+        if stop:
+            trainer.should_stop = True
+            self.stopped_at = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.stopped_at is None or 0 <= trainer.max_steps <= trainer.global_step:
+            return
+        if trainer.is_global_zero:
+            of = f" of {trainer.max_steps}" if trainer.max_steps >= 0 else ""
+            sys.stderr.write(f"\n!!! TimeLimit: training stopped by the {self.minutes:g}-minute limit of this run at "
+                             f"step {trainer.global_step}{of}. Run the same command again to continue from "
+                             "last.ckpt.\n\n")
+            sys.stderr.flush()
+        for cb in trainer.checkpoint_callbacks:
+            if getattr(cb, "save_last", None) is True and cb.dirpath:
+                path = cb.last_model_path or os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
+                trainer.save_checkpoint(path)
+                cb.last_model_path = path  # its own end-of-training save then overwrites this file, not last-v1.ckpt

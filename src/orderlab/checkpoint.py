@@ -15,7 +15,7 @@ import torch
 
 from orderlab.backbone import ModelConfig, build_model
 
-__all__ = ["Loaded", "load_checkpoint", "tokenizer_from_info"]
+__all__ = ["Loaded", "load_checkpoint", "load_error", "tokenizer_from_info"]
 
 
 @dataclass
@@ -41,8 +41,9 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Load
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path!r} cannot be read: {err}") from err
+    except Exception as err:  # a text file, a truncated download, another program's pickle
+        raise ValueError(f"checkpoint {path!r} is not an orderlab checkpoint (cannot be read: "
+                         f"{load_error(err)})") from err
     meta = ckpt.get("orderlab") if isinstance(ckpt, dict) else None
     if not meta or "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {path!r} was not written by orderlab fit (no 'orderlab' entry)")
@@ -51,6 +52,16 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Load
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     return Loaded(model=model.eval(), config=cfg, data=dict(meta.get("data") or {}), path=path)
+
+
+def load_error(err: BaseException) -> str:
+    """The gist of a ``torch.load`` failure in one short line (its weights-only errors run to a paragraph)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else type(err).__name__
+    return first if len(first) <= 160 else first[:157] + "..."
 
 
 def tokenizer_from_info(info: dict[str, Any], cfg: ModelConfig):

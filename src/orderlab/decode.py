@@ -3,7 +3,8 @@
 Step t feeds the tokens chosen at step t-1 (the condition, and any known tokens, at t = 0) plus the queries of
 group t, fused into one forward as in LPD. The cache keeps condition + known + generated tokens; query K/V are
 never kept. CFG doubles the batch with null-class rows. Sample i of a batch draws its plan and its tokens from
-its own generator seeded with ``seed + i``, so a batch decodes exactly like its items one by one.
+its own generator, derived from ``(seed, first_index + i)`` by :func:`orderlab.seeding.sample_seed`, so a batch
+decodes exactly like its items one by one and different seeds give unrelated samples.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from orderlab.masks import step_cache_rows, step_mask
 from orderlab.plan import Plan
 from orderlab.sampling import cfg_scales, sample_from_logits
 from orderlab.schedule import Schedule, get_schedule
+from orderlab.seeding import check_seed, sample_generator
 
 __all__ = ["generate", "make_plans", "run_plans", "DecodeInfo", "DECODERS"]
 
@@ -78,10 +80,11 @@ def _check_known(known, batch: int, height: int, width: int):
 
 
 def make_plans(schedule: Schedule | str, height: int, width: int, steps: int | None, batch: int, seed: int,
-               known_masks=None) -> tuple[list[Plan], list[torch.Generator]]:
-    """One plan per sample, each from its own generator (seed + i); all must share their group sizes."""
+               known_masks=None, first_index: int = 0) -> tuple[list[Plan], list[torch.Generator]]:
+    """One plan per sample, sample i from its own generator ``sample_generator(seed, first_index + i)``; all must
+    share their group sizes."""
     schedule = get_schedule(schedule)
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+    gens = [sample_generator(seed, first_index + i) for i in range(batch)]
     known_masks = known_masks if known_masks is not None else [None] * batch
     plans = [schedule.plan(height, width, steps, g, known=k) for g, k in zip(gens, known_masks)]
     if len({(p.sizes, p.num_known) for p in plans}) > 1:
@@ -160,7 +163,8 @@ def _plan_decoder(model, schedule, steps, labels, known, args: dict, sampling: d
     cfg = model.config
     b = labels.shape[0]
     known_tokens, known_masks = _check_known(known, b, cfg.height, cfg.width)
-    plans, gens = make_plans(schedule, cfg.height, cfg.width, steps, b, sampling["seed"], known_masks)
+    plans, gens = make_plans(schedule, cfg.height, cfg.width, steps, b, sampling["seed"], known_masks,
+                             sampling["first_index"])
     if known_tokens is not None:
         bad = known_tokens[torch.stack(known_masks).reshape(b, -1).to(known_tokens.device)]
         if bad.numel() and (bad.min() < 0 or bad.max() >= cfg.vocab_size):
@@ -199,7 +203,7 @@ DECODERS: dict[str, Callable] = {"plan": _plan_decoder, **{k: _jacobi_decoder(k)
 @torch.inference_mode()
 def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.Tensor, *, cfg_scale: float = 1.0,
              cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int = 0, known=None, return_info: bool = False, decoder: str = "plan",
+             seed: int = 0, first_index: int = 0, known=None, return_info: bool = False, decoder: str = "plan",
              decoder_args: dict | None = None, precision: str = "fp32"):
     """Generate token grids with a schedule at a step budget; exactly one model forward per step.
 
@@ -211,7 +215,10 @@ def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.T
         cfg_scale, cfg_schedule: guidance weight and its schedule ("constant", "linear" per step as in ARPG,
             "linear_token" per token as in LPD).
         temperature, top_k, top_p: sampling; temperature 0 is greedy.
-        seed: sample i uses ``seed + i`` for its plan and its tokens.
+        seed: the run seed; sample i draws its plan and its tokens from ``sample_generator(seed, first_index + i)``
+            (orderlab.seeding), so different seeds share no per-sample generator.
+        first_index: the index of this batch's first sample in a longer run (evaluation passes the batch offset), so
+            a run cut into batches decodes exactly like one batch, or like its items one by one.
         known: optional ``(tokens (B, H, W), mask (H, W) or (B, H, W) bool)`` for in/out-painting and editing: known
             tokens are prefilled into the cache and come back unchanged; the schedule orders only the rest.
         decoder: "plan" (one forward per step of the plan), or a training-free Jacobi decoder of a raster model,
@@ -230,7 +237,7 @@ def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.T
     if decoder_args is not None and not isinstance(decoder_args, dict):
         raise ValueError(f"decoder_args must be a dict or None, got {type(decoder_args).__name__}")
     sampling = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k,
-                    top_p=top_p, seed=seed)
+                    top_p=top_p, seed=check_seed(seed), first_index=check_seed(first_index))
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {sorted(PRECISIONS)}")
     amp = PRECISIONS[precision]

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from orderlab.data.atomic import atomic_write_bytes
 from orderlab.decode import generate
 from orderlab.schedule import get_schedule
 from orderlab.scoring import bits_per_token, token_logprobs
+from orderlab.seeding import sample_generator
 
 __all__ = ["Row", "parse_row", "evaluate_row", "nll_bits", "write_table", "image_grid", "save_grid", "TABLE_KEYS"]
 
@@ -44,6 +46,20 @@ class Row:
         dec = "" if self.decoder == "plan" else f" [{self.decoder}]"
         return f"{self.schedule}{'(' + knobs + ')' if knobs else ''}{dec} T={self.steps if self.steps else 'natural'}"
 
+    @property
+    def slug(self) -> str:
+        """A filesystem-safe name with every setting: ``locality_T8_repulsion1``, ``raster_Tnat_sjd_window4``."""
+        parts = [self.schedule, f"T{self.steps if self.steps else 'nat'}"]
+        parts += [f"{k}{_safe(v)}" for k, v in sorted(self.knobs.items())]
+        if self.decoder != "plan":
+            parts += [self.decoder] + [f"{k}{_safe(v)}" for k, v in sorted(self.decoder_args.items())]
+        return "_".join(_safe(p) for p in parts)
+
+
+def _safe(value: Any) -> str:
+    """Letters, digits, '.', '_', '-' only (every other run of characters becomes one '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("-.") or "x"
+
 
 _ROW_RE = re.compile(r"^(?P<name>[A-Za-z_][\w-]*)(?::(?P<steps>\d+))?$")
 
@@ -61,9 +77,15 @@ def parse_row(spec: str | dict | Row) -> Row:
         raise ValueError(f"row {spec!r} must be a string like 'random:8' or a mapping")
     unknown = sorted(set(spec) - {f for f in Row.__dataclass_fields__})
     if unknown:
-        raise ValueError(f"row {spec!r} has unknown key {unknown[0]!r}; keys are {sorted(Row.__dataclass_fields__)}")
+        from orderlab.suggest import did_you_mean
+
+        keys = sorted(Row.__dataclass_fields__)
+        raise ValueError(f"row {spec!r} has unknown key {unknown[0]!r}{did_you_mean(unknown[0], keys)} (keys are {keys})")
     row = Row(**spec)
-    get_schedule(row.schedule, **row.knobs)  # unknown name or knob fails here, naming it
+    try:
+        get_schedule(row.schedule, **row.knobs)  # unknown name or knob fails here, naming it
+    except TypeError as err:  # a knob the schedule lacks: bad input, like an unknown name
+        raise ValueError(f"row {row.label}: {err}") from None
     return row
 
 
@@ -76,7 +98,7 @@ def nll_bits(model, tokens: torch.Tensor, labels: torch.Tensor, row: Row, seed: 
     with torch.inference_mode():
         for s in range(0, tokens.shape[0], batch_size):
             tok, lab = tokens[s:s + batch_size], labels[s:s + batch_size]
-            plans = [schedule.plan(cfg.height, cfg.width, row.steps, torch.Generator().manual_seed(seed + s + i))
+            plans = [schedule.plan(cfg.height, cfg.width, row.steps, sample_generator(seed, s + i))
                      for i in range(tok.shape[0])]
             groups: dict[tuple[int, ...], list[int]] = {}
             for i, p in enumerate(plans):  # a schedule may vary its sizes per sample: score each size list apart
@@ -92,12 +114,15 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
                  val_labels: torch.Tensor | None = None, batch_size: int = 256, cfg_scale: float = 1.0,
                  cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, cache_dir: str | None = None, grid_path: str | None = None,
-                 precision: str = "fp32") -> dict[str, Any]:
+                 precision: str = "fp32", progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Sample ``num_samples`` images under ``row``, score them against ``real``; one result dict.
 
-    Labels cycle through the classes (balanced); sample i is seeded with ``seed + i``. Wall time counts
+    Labels cycle through the classes (balanced); sample i draws from ``sample_generator(seed, i)``. Wall time counts
     generation only (not tokenizer decoding or metrics), per image, with the whole batch in flight.
+    ``progress(phase, samples_done)`` is called after each generated batch ("sampling") and before the metrics
+    ("scoring") and the NLL ("NLL"), for a progress bar.
     """
+    report = progress or (lambda phase, done: None)
     from orderlab.metrics import image_metrics
 
     model, cfg = loaded.model, loaded.config
@@ -114,7 +139,7 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
         labels = (torch.arange(s, s + b, device=device) % n_cls) if cfg.num_classes else \
             torch.full((b,), cfg.null_label, device=device)
         kwargs = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k,
-                      top_p=top_p, seed=seed + s, return_info=True, precision=precision)
+                      top_p=top_p, seed=seed, first_index=s, return_info=True, precision=precision)
         if row.decoder != "plan":
             kwargs.update(decoder=row.decoder, decoder_args=row.decoder_args)
         t0 = time.perf_counter()
@@ -122,10 +147,12 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
         seconds += time.perf_counter() - t0
         passes.append(info.passes_per_image * b)
         tokens.append(out.cpu())
+        report("sampling", s + b)
         for key in ("accepted_per_pass",) if row.decoder != "plan" else ():  # Jacobi acceptance statistics
             if getattr(info, key, None) is not None:
                 extra[key] = getattr(info, key)
     tokens = torch.cat(tokens)  # (num_samples, H, W)
+    report("scoring", num_samples)
     images = torch.cat([loaded.decode_tokens(tokens[i:i + 500]) for i in range(0, len(tokens), 500)])
     metrics = image_metrics(real, images, extractor, num_samples=num_samples, seed=seed, cache_dir=cache_dir)
     result = {"row": row.label, "schedule": row.schedule, "steps": len(info.plans[0].sizes) if info.plans else
@@ -134,6 +161,7 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
     for key, val in extra.items():
         result[key] = float(np.mean(val)) if isinstance(val, (list, tuple)) else val
     if val_tokens is not None and row.decoder == "plan":
+        report("NLL", num_samples)
         result["nll_bits_per_token"] = nll_bits(model, val_tokens, val_labels, row, seed=seed)
     if grid_path:
         save_grid(images[:64], grid_path, nrow=min(8, n_cls) if cfg.num_classes else 8)

@@ -32,7 +32,8 @@ Exact vs approximate (details in docs/jacobi.md):
   unsettled tail of the rows above: approximate (the top row stays exact). ``row_lag = W`` makes it exact.
 
 A batch is decoded item by item (Jacobi decoding is a latency method; samples accept different numbers of
-tokens); CFG doubles the rows of each forward. Sample i draws everything from a generator seeded ``seed + i``.
+tokens); CFG doubles the rows of each forward. Sample i draws everything from
+``sample_generator(seed, first_index + i)`` (orderlab.seeding), as in plan decoding.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 
 from orderlab.sampling import cfg_scales, filter_logits
 from orderlab.schedule import get_schedule
+from orderlab.seeding import sample_generator
 
 __all__ = ["sjd_decode", "pjd_decode", "check_decoder_args", "check_raster", "JACOBI_DECODERS", "KNOBS", "INITS",
            "COMMITS"]
@@ -286,7 +288,7 @@ def _decode_one(model, labels: torch.Tensor, segments: list[tuple[int, int]], kn
 
 
 def _decode(model, labels: torch.Tensor, segments, knobs: dict, cfg_scale: float, cfg_schedule: str,
-            temperature: float, top_k: int, top_p: float, seed: int, name: str):
+            temperature: float, top_k: int, top_p: float, seed: int, first_index: int, name: str):
     from orderlab.decode import DecodeInfo  # decode.py imports this module for its decoder registry
 
     cfg = model.config
@@ -310,7 +312,7 @@ def _decode(model, labels: torch.Tensor, segments, knobs: dict, cfg_scale: float
                 lab = labels[i:i + 1]
                 if cfg_w is not None:
                     lab = torch.cat([lab, torch.full_like(lab, cfg.null_label)])  # (2,) conditional, null
-                gen = torch.Generator().manual_seed(seed + i)
+                gen = sample_generator(seed, first_index + i)
                 out[i] = _decode_one(model, lab, segments, knobs, sampling, cfg_w, gen, info).to(out.device)
     finally:
         model.reset_cache()
@@ -320,24 +322,26 @@ def _decode(model, labels: torch.Tensor, segments, knobs: dict, cfg_scale: float
 
 def sjd_decode(model, labels: torch.Tensor, *, window: int = 16, init: str = "random", cfg_scale: float = 1.0,
                cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               seed: int = 0):
+               seed: int = 0, first_index: int = 0):
     """Speculative Jacobi decoding of a raster model; returns tokens (B, N) row-major and a DecodeInfo.
 
     Args:
         window: L positions per pass (L - 1 drafts + 1 fresh); L = 1 is plain next-token decoding (N passes).
         init: how new draft slots start: "random" (uniform token) or "repeat_left" (copy the left neighbour,
             the token above at column 0); their q is one-hot (following SJD).
-        cfg_scale, cfg_schedule, temperature, top_k, top_p, seed: as in :func:`orderlab.decode.generate`.
+        cfg_scale, cfg_schedule, temperature, top_k, top_p, seed, first_index: as in
+            :func:`orderlab.decode.generate`.
     """
     knobs = check_decoder_args("sjd", dict(window=window, init=init), model.config.width)
     knobs.update(row_lag=1, commit="exact")
     return _decode(model, labels, [(0, model.config.num_tokens)], knobs, cfg_scale, cfg_schedule, temperature,
-                   top_k, top_p, seed, "sjd")
+                   top_k, top_p, seed, first_index, "sjd")
 
 
 def pjd_decode(model, labels: torch.Tensor, *, window: int = 4, init: str = "random", row_lag: int | None = None,
                commit: str = "exact", cfg_scale: float = 1.0, cfg_schedule: str = "constant",
-               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0):
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               first_index: int = 0):
     """PJD-style 2-D Jacobi decoding: one SJD window per active row, all in one forward, row-causal mask.
 
     Args:
@@ -352,7 +356,8 @@ def pjd_decode(model, labels: torch.Tensor, *, window: int = 4, init: str = "ran
     knobs = check_decoder_args("pjd", dict(window=window, init=init, row_lag=row_lag, commit=commit), w)
     knobs["row_lag"] = knobs["row_lag"] or max(1, w // 4)
     rows = [(r * w, (r + 1) * w) for r in range(model.config.height)]
-    return _decode(model, labels, rows, knobs, cfg_scale, cfg_schedule, temperature, top_k, top_p, seed, "pjd")
+    return _decode(model, labels, rows, knobs, cfg_scale, cfg_schedule, temperature, top_k, top_p, seed, first_index,
+                   "pjd")
 
 
 JACOBI_DECODERS = {"sjd": sjd_decode, "pjd": pjd_decode}

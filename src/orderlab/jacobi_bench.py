@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from orderlab.backbone import ModelConfig, build_model
 from orderlab.decode import generate, make_plans
 from orderlab.scoring import training_logits
+from orderlab.seeding import derive_seed
 
 __all__ = ["bench_jacobi", "toy_raster_data", "train_toy_raster_model", "DEFAULT_SETTINGS"]
 
@@ -95,7 +96,8 @@ def bench_jacobi(model, batch: int = 4, repeats: int = 3, settings: list[tuple[s
     Args:
         model: a raster-trained backbone (its device is the device used).
         batch: images per timed call (labels cycle through the classes unless given).
-        repeats: timed calls per row (median reported), after one warm-up call; repeat r uses seed + r.
+        repeats: timed calls per row (median reported), after one warm-up call; repeat r uses the run seed
+            ``derive_seed(seed, "repeat", r)`` (orderlab.seeding), item i of it sample index i.
         settings: (decoder, decoder_args) pairs; None for DEFAULT_SETTINGS.
         temperature, top_k, top_p, cfg_scale: sampling, shared by every row.
     Returns:
@@ -112,18 +114,22 @@ def bench_jacobi(model, batch: int = 4, repeats: int = 3, settings: list[tuple[s
             (batch,), cfg.null_label, device=device)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
 
+    def _rep(r: int) -> int:
+        return derive_seed(seed, "repeat", r)
+
     def raster_items(r):
-        return [generate(model, "raster", None, labels[i:i + 1], seed=seed + r + i, **sampling)
+        return [generate(model, "raster", None, labels[i:i + 1], seed=_rep(r), first_index=i, **sampling)
                 for i in range(labels.shape[0])]
 
     base_s, _ = _timed(raster_items, repeats, device)
-    batched_s, _ = _timed(lambda r: generate(model, "raster", None, labels, seed=seed + r, **sampling), repeats, device)
+    batched_s, _ = _timed(lambda r: generate(model, "raster", None, labels, seed=_rep(r), **sampling), repeats,
+                             device)
     rows = [dict(decoder="raster", args={}, passes_per_image=float(n), mean_accepted=1.0, acceptance_rate=None,
                  seconds=round(base_s, 4), speedup_vs_raster=1.0, pass_reduction=1.0,
                  raster_batched_seconds=round(batched_s, 4))]
     for name, args in settings if settings is not None else DEFAULT_SETTINGS:
         def run(r, name=name, args=args):
-            return generate(model, "raster", None, labels, seed=seed + r, decoder=name, decoder_args=args,
+            return generate(model, "raster", None, labels, seed=_rep(r), decoder=name, decoder_args=args,
                             return_info=True, **sampling)[1]
 
         sec, info = _timed(run, repeats, device)

@@ -181,7 +181,7 @@ def attention_locality(model, tokens: torch.Tensor, labels: torch.Tensor, plans:
         tokens: (B, H, W) real token ids.
         labels: (B,) class labels.
         plans: B plans with one shared list of sizes; or None and give ``schedule`` (+ ``steps``, ``seed``), which
-            plans sample i with seed + i exactly like :func:`orderlab.decode.generate`.
+            plans sample i from ``sample_generator(seed, i)`` exactly like :func:`orderlab.decode.generate`.
         layers: indices into ``model.attention_modules()``, all query layers when None (see :func:`query_layers`).
         radius: Chebyshev radius r of the scalar share.
         chunk: samples per forward; the probe keeps (chunk, heads, L, L) weights per layer, so this bounds memory.

@@ -16,7 +16,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from orderlab.backbone import ModelConfig, build_model, drop_labels
+from orderlab import seeding
+from orderlab.backbone import ModelConfig, build_model, check_data_matches, drop_labels
 from orderlab.masks import training_mask, training_sequence
 from orderlab.plan import Plan
 from orderlab.schedule import Schedule, get_schedule
@@ -49,7 +50,8 @@ class OrderModule(L.LightningModule):
         betas: AdamW betas (LlamaGen/LPD use 0.9, 0.95).
         warmup_steps: linear warm-up before the cosine decay.
         min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
-        seed: seeds the training plans, budgets and label dropout (step ``s`` uses ``seed + s``).
+        seed: seeds the training plans, budgets and label dropout through :mod:`orderlab.seeding` (streams
+            ``train-plan`` per (step, rank, sample), ``train-budget`` per step, ``train-labels`` per (step, rank)).
         val_steps: the budget of validation plans (random order, seeded by batch index; None: N/4).
     """
 
@@ -98,16 +100,17 @@ class OrderModule(L.LightningModule):
         return self._tokenizer.decode(tokens.cpu()).clamp(0, 1)
 
     # -------------------------------------------------------------------------------------------------- plans
-    def plans_for(self, batch: int, step_seed: int, steps: int, schedule: Schedule) -> list[Plan]:
-        """One plan per sample, sample i seeded with (step_seed, i): reproducible and independent of rank."""
-        gens = [torch.Generator().manual_seed(step_seed * 100_003 + i) for i in range(batch)]
+    def plans_for(self, batch: int, steps: int, schedule: Schedule, seed: int, stream: str,
+                  *index: int) -> list[Plan]:
+        """One plan per sample, sample i drawn from ``generator(seed, stream, *index, i)`` (orderlab.seeding)."""
+        gens = [seeding.generator(seed, stream, *index, i) for i in range(batch)]
         plans = [schedule.plan(self.config.height, self.config.width, steps, g) for g in gens]
         if len({p.sizes for p in plans}) > 1:  # one mask per batch needs one size list
             raise ValueError(f"schedule {schedule!r} gave different group sizes within a batch at steps={steps}")
         return plans
 
-    def _train_budget(self, step_seed: int) -> int:
-        g = torch.Generator().manual_seed(step_seed)
+    def _train_budget(self, step: int) -> int:
+        g = seeding.generator(self.hparams.seed, "train-budget", step)  # every rank draws the same budget
         return self.budgets[int(torch.randint(len(self.budgets), (1,), generator=g))]
 
     # -------------------------------------------------------------------------------------------------- steps
@@ -125,17 +128,17 @@ class OrderModule(L.LightningModule):
         nats = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, N)
         return nats.mean(), nats
 
-    def _global_seed(self, step: int) -> int:
-        # every rank must draw the same budget (one mask per step) but different orders for its own samples
-        return self.hparams.seed + step * max(1, self.trainer.world_size if self._trainer else 1) + (
-            self.global_rank if self._trainer else 0)
+    def _rank(self) -> int:
+        # every rank draws the same budget (one mask per step) but different orders for its own samples
+        return self.global_rank if self._trainer else 0
 
     def training_step(self, batch, batch_idx: int):
         tokens, labels = batch
         step = int(self.global_step)
-        budget = self._train_budget(self.hparams.seed + step)
-        plans = self.plans_for(tokens.shape[0], self._global_seed(step), budget, self.train_plans)
-        g = torch.Generator().manual_seed(self._global_seed(step) + 7)
+        budget = self._train_budget(step)
+        seed, rank = self.hparams.seed, self._rank()
+        plans = self.plans_for(tokens.shape[0], budget, self.train_plans, seed, "train-plan", step, rank)
+        g = seeding.generator(seed, "train-labels", step, rank)
         if self.hparams.label_dropout > 0:
             labels = drop_labels(labels, self.hparams.label_dropout, self.config.null_label, g)
         loss, _ = self.shared_step(batch, plans, labels)
@@ -146,7 +149,8 @@ class OrderModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int):
         tokens, labels = batch
-        plans = self.plans_for(tokens.shape[0], 10_000_019 + batch_idx, self.val_steps, get_schedule("random"))
+        # validation plans do not depend on the training seed, so runs with different seeds are scored alike
+        plans = self.plans_for(tokens.shape[0], self.val_steps, get_schedule("random"), 0, "val-plan", batch_idx)
         loss, _ = self.shared_step(batch, plans, labels)
         bpt = loss / math.log(2)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=tokens.shape[0])
@@ -155,7 +159,7 @@ class OrderModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int):
         tokens, labels = batch
-        plans = self.plans_for(tokens.shape[0], 20_000_003 + batch_idx, self.val_steps, get_schedule("random"))
+        plans = self.plans_for(tokens.shape[0], self.val_steps, get_schedule("random"), 0, "test-plan", batch_idx)
         loss, _ = self.shared_step(batch, plans, labels)
         self.log("test/bits_per_token", loss / math.log(2), sync_dist=True, batch_size=tokens.shape[0])
 
@@ -186,20 +190,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def check_data_matches(cfg: ModelConfig, manifest: dict) -> None:
-    """Fail before training when the data's grid, vocabulary or classes do not fit the model's config."""
-    grid = tuple(manifest["grid"])
-    if grid != (cfg.height, cfg.width):
-        raise ValueError(f"model.backbone.height/width={cfg.height}x{cfg.width} does not match the data grid "
-                         f"{grid[0]}x{grid[1]} (data manifest)")
-    if int(manifest["vocab_size"]) != cfg.vocab_size:
-        raise ValueError(f"model.backbone.vocab_size={cfg.vocab_size} does not match the data vocabulary "
-                         f"{manifest['vocab_size']} (data manifest)")
-    if int(manifest.get("num_classes", 0)) > cfg.num_classes:
-        raise ValueError(f"model.backbone.num_classes={cfg.num_classes} is smaller than the data's "
-                         f"{manifest['num_classes']} classes (data manifest)")
 
 
 def data_info(manifest: dict, root: str | None) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["filter_logits", "sample_from_logits", "cfg_scales", "CFG_SCHEDULES"]
+__all__ = ["filter_logits", "sample_from_logits", "cfg_scales", "CFG_SCHEDULES", "check_sampling_args"]
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -41,6 +42,29 @@ def sample_from_logits(logits: torch.Tensor, uniforms: torch.Tensor, temperature
     cdf = probs.cumsum(-1)
     u = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]
     return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_sampling_args(*, names: dict[str, str] | None = None, **knobs) -> None:
+    """Raise a ValueError naming the first bad sampling knob among those given.
+
+    Knobs: ``cfg_scale`` >= 0 (1 = no guidance), ``temperature`` >= 0 (0 = greedy), ``top_k`` an int >= 0 (0 = all),
+    ``0 < top_p <= 1``, ``cfg_schedule`` one of :data:`CFG_SCHEDULES`. ``names`` maps a knob to the name the user
+    wrote it under (``{"cfg_scale": "--cfg"}``), so the message names what to fix.
+    """
+    rules = {"cfg_scale": (lambda v: _number(v) and v >= 0, "the guidance weight must be a number >= 0 (1 = off)"),
+             "temperature": (lambda v: _number(v) and v >= 0, "must be a number >= 0 (0 = greedy)"),
+             "top_k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                       "must be an int >= 0 (0 = all tokens)"),
+             "top_p": (lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1] (1 = all tokens)"),
+             "cfg_schedule": (lambda v: v in CFG_SCHEDULES, f"must be one of {sorted(CFG_SCHEDULES)}")}
+    for knob, value in knobs.items():
+        ok, rule = rules[knob]
+        if not ok(value):
+            raise ValueError(f"{(names or {}).get(knob, knob)}={value!r}: {rule}")
 
 
 def _constant(scale: float, start: int, size: int, n: int) -> torch.Tensor:

@@ -186,7 +186,10 @@ def schedule_class(name: str) -> type[Schedule]:
     """The class registered under ``name``; an unknown name lists the choices."""
     _load_plugins()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown schedule {name!r}; choose one of {sorted(_REGISTRY)}")
+        from orderlab.suggest import did_you_mean
+
+        raise KeyError(f"unknown schedule {name!r}{did_you_mean(str(name), _REGISTRY)} (choose one of "
+                       f"{sorted(_REGISTRY)})")
     return _REGISTRY[name]
 
 
@@ -198,5 +201,8 @@ def get_schedule(name: str | Schedule, **knobs: Any) -> Schedule:
     fields = {f.name for f in dataclasses.fields(cls) if f.init} if dataclasses.is_dataclass(cls) else set()
     bad = sorted(set(knobs) - fields)
     if bad:
-        raise TypeError(f"schedule {name!r} has no knob {bad[0]!r}; its knobs are {sorted(fields)}")
+        from orderlab.suggest import did_you_mean
+
+        raise TypeError(f"schedule {name!r} has no knob {bad[0]!r}{did_you_mean(bad[0], fields)} (its knobs are "
+                        f"{sorted(fields)})")
     return cls(**knobs)

@@ -15,6 +15,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from orderlab.data.atomic import default_mode
 from orderlab.plan import Plan
 
 __all__ = ["plot_plan", "save_figure"]
@@ -61,6 +62,7 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> str:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png")
+        os.chmod(tmp, default_mode())  # mkstemp makes it 0600: give it the mode open() would (umask applied)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

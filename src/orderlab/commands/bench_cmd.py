@@ -104,7 +104,12 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
         precision: fp32, or bf16/fp16 autocast (the GPU setting).
     """
     if what != "decode":
-        raise ValueError(f"orderlab bench: unknown benchmark {what!r}; choose one of ['decode']")
+        raise ValueError(f"unknown benchmark {what!r}; choose one of ['decode']")
+    for key, value in (("repeats", repeats), *((f"batches[{i}]", b) for i, b in enumerate(batches))):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} must be an int >= 1")
+    if not batches or not archs:
+        raise ValueError(f"batches={list(batches)} and archs={list(archs)} must not be empty")
     torch.manual_seed(0)
     models = []
     if ckpt:

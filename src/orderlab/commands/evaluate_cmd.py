@@ -33,6 +33,7 @@ class EvalContext:
 def load_context(ckpt: str, data: str | None = None, split: str = "val", extractor: str = "classifier",
                  nll_samples: int | None = None) -> EvalContext:
     """Load a checkpoint and its evaluation data (shared by ``evaluate``, the demo and ``search``)."""
+    from orderlab.backbone import check_data_matches
     from orderlab.checkpoint import load_checkpoint
     from orderlab.metrics import RealImages, TorchScriptFeatures, classifier_features
 
@@ -41,6 +42,10 @@ def load_context(ckpt: str, data: str | None = None, split: str = "val", extract
     if not root or not os.path.isdir(root):
         raise FileNotFoundError(f"data={root!r}: the real images' dataset folder is needed (pass --data DIR)")
     real = RealImages(root, split)
+    try:  # a checkpoint of another grid or vocabulary: say so, not a shape error deep in the feature network
+        check_data_matches(loaded.config, real.manifest())
+    except ValueError as err:
+        raise ValueError(f"checkpoint {ckpt} does not fit the data {root}: {err}") from None
     if extractor == "classifier":
         feats = classifier_features(loaded.data.get("name") or "digits")
     elif os.path.isfile(extractor):
@@ -55,34 +60,50 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
                    split: str = "val", extractor: str = "classifier", batch_size: int = 256, cfg_scale: float = 1.0,
                    cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                    seed: int = 0, nll_samples: int | None = None, progress: bool = True,
-                   stem: str = "results", precision: str = "fp32") -> list[dict[str, Any]]:
-    """Evaluate every row; writes ``out``/results.{md,csv,json} and ``out``/grid_*.png. Returns the rows' dicts."""
-    from rich.progress import Progress
+                   stem: str = "results", precision: str = "fp32",
+                   cache_dir: str | None = None) -> list[dict[str, Any]]:
+    """Evaluate every row; writes ``out``/results.{md,csv,json} and ``out``/grid_*.png. Returns the rows' dicts.
 
+    The real features are cached in ``cache_dir`` (None: ``default_cache_dir()``); the data and checkpoint folders
+    are only read.
+    """
     from orderlab.evaluation import evaluate_row, parse_row, write_table
+    from orderlab.metrics import default_cache_dir
+    from orderlab.progress import progress_bar
+    from orderlab.sampling import check_sampling_args
 
     parsed = [parse_row(r) for r in rows]  # all rows are checked before any sampling
     if not parsed:
         raise ValueError("rows is empty: give at least one 'schedule:steps'")
+    for key, value in (("num_samples", num_samples), ("batch_size", batch_size), ("nll_samples", nll_samples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"--{key} {value!r} must be an int >= 1")
+    check_sampling_args(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                        cfg_schedule=cfg_schedule, names={k: f"--{k}" for k in
+                                                          ("cfg_scale", "temperature", "top_k", "top_p", "cfg_schedule")})
     ctx = load_context(ckpt, data, split, extractor, nll_samples)
     results = []
     os.makedirs(out, exist_ok=True)
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("evaluate", total=len(parsed))
+    with progress_bar(progress) as bar:  # rows, and samples within the row (stderr, terminals only)
+        task = bar.add_task("rows", total=len(parsed))
+        samples = bar.add_task("samples", total=num_samples)
         for i, row in enumerate(parsed):
-            bar.update(task, description=f"evaluate {row.label}")
+            bar.update(task, description=f"row {i + 1}/{len(parsed)} {row.label}")
+            bar.reset(samples, total=num_samples, description="  sampling")
             t0 = time.perf_counter()
             res = evaluate_row(ctx.loaded, row, num_samples=num_samples, real=ctx.real, extractor=ctx.extractor,
                                val_tokens=ctx.val_tokens, val_labels=ctx.val_labels, batch_size=batch_size,
                                cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-                               top_k=top_k, top_p=top_p, seed=seed, cache_dir=ctx.root, precision=precision,
-                               grid_path=os.path.join(out, f"grid_{i:02d}_{row.schedule}_T{res_steps(row)}.png"))
+                               top_k=top_k, top_p=top_p, seed=seed, cache_dir=cache_dir or default_cache_dir(),
+                               precision=precision, grid_path=os.path.join(out, f"grid_{i:02d}_{row.slug}.png"),
+                               progress=lambda phase, done: bar.update(samples, completed=done,
+                                                                       description=f"  {phase}"))
             results.append(res)
             bar.advance(task)
-            fd = res.get("fcd", res.get("fid"))
-            print(f"  row {i + 1}/{len(parsed)} {row.label}: FD {fd:.2f}, NLL {res.get('nll_bits_per_token', float('nan')):.3f} "
-                  f"bits/token, {res['forward_passes']} passes, {res['ms_per_image']:.2f} ms/image "
-                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+            name = "FCD" if "fcd" in res else "FID"  # the column name of results.md
+            print(f"  row {i + 1}/{len(parsed)} {row.label}: {name} {res.get(name.lower(), float('nan')):.2f}, NLL "
+                  f"{res.get('nll_bits_per_token', float('nan')):.3f} bits/token, {res['forward_passes']} passes, "
+                  f"{res['ms_per_image']:.2f} ms/image ({time.perf_counter() - t0:.1f} s)", flush=True)
     meta = {"checkpoint": ckpt, "data": ctx.root, "split": split, "num_samples (real = generated)": num_samples,
             "feature space": results[0]["feature_space"], "cfg": f"{cfg_scale} ({cfg_schedule})",
             "temperature": temperature, "seed": seed, "nll images": len(ctx.val_tokens), "precision": precision}
@@ -90,14 +111,11 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
     return results
 
 
-def res_steps(row) -> str:
-    return str(row.steps) if row.steps else "nat"
-
-
 def evaluate(*, ckpt: str, rows: list[str | dict[str, Any]], out: str = "runs/eval", num_samples: int = 256, data: str | None = None,
              split: str = "val", extractor: str = "classifier", batch_size: int = 256, cfg_scale: float = 1.0,
              cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int = 0, nll_samples: int | None = None, precision: str = "fp32") -> None:
+             seed: int = 0, nll_samples: int | None = None, precision: str = "fp32",
+             cache_dir: str | None = None) -> None:
     """Evaluate a checkpoint under (schedule, steps) rows: FCD/FID, KID, precision/recall, NLL, passes, time.
 
     Args:
@@ -115,11 +133,22 @@ def evaluate(*, ckpt: str, rows: list[str | dict[str, Any]], out: str = "runs/ev
         temperature: sampling temperature (0 = greedy).
         top_k: keep the k most likely tokens (0 = all).
         top_p: nucleus mass (1 = all).
-        seed: sample i of a row uses seed + i.
+        seed: sample i of a row uses ``sample_generator(seed, i)`` (orderlab.seeding).
         nll_samples: held-out images scored for NLL (None: the whole split).
         precision: fp32, or bf16/fp16 autocast while sampling (the GPU setting).
+        cache_dir: folder of the real-feature cache (default: $ORDERLAB_CACHE, else $XDG_CACHE_HOME/orderlab, else
+            ~/.cache/orderlab). The dataset and checkpoint folders are never written.
     """
-    run_evaluation(ckpt, rows, out, num_samples=num_samples, data=data, split=split, extractor=extractor,
-                   batch_size=batch_size, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-                   top_k=top_k, top_p=top_p, seed=seed, nll_samples=nll_samples, precision=precision)
+    created = not os.path.exists(out)
+    try:
+        run_evaluation(ckpt, rows, out, num_samples=num_samples, data=data, split=split, extractor=extractor,
+                       batch_size=batch_size, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
+                       top_k=top_k, top_p=top_p, seed=seed, nll_samples=nll_samples, precision=precision,
+                       cache_dir=cache_dir)
+    except BaseException:
+        if created and os.path.isdir(out):  # a failed run leaves nothing behind in a folder it made itself
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     print(f"wrote {out}/results.md, results.csv, results.json and sample grids")

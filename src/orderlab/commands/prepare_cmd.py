@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 
@@ -17,7 +18,8 @@ def prepare(name: str, *, out: str, overwrite: bool = False, seed: int = 0, num_
 
     Args:
         name: dataset name (digits, mnist, fashion, folder).
-        out: output folder; written atomically (built beside it, then renamed into place).
+        out: output folder; written atomically (built beside it, then renamed into place). If it already holds
+            this dataset prepared with the same options, prepare does nothing; anything else there is refused.
         overwrite: replace an existing output folder.
         seed: seed of the train/val split and of tokenizer training.
         num_shards: shards per split (8 by default; ranks x loader workers of a later run need one each).
@@ -31,7 +33,7 @@ def prepare(name: str, *, out: str, overwrite: bool = False, seed: int = 0, num_
     """
     import torch
 
-    from orderlab.data.datasets import PrepareOptions, prepare_dataset
+    from orderlab.data.datasets import OutputExistsError, PrepareOptions, existing_preparation, prepare_dataset
 
     if threads is not None:
         if threads < 1:
@@ -40,6 +42,15 @@ def prepare(name: str, *, out: str, overwrite: bool = False, seed: int = 0, num_
     t0 = time.perf_counter()
     opts = PrepareOptions(seed=seed, val_fraction=val_fraction, limit=limit, epochs=epochs, source=source,
                           tokenizer=tokenizer, progress=progress)
+    if not overwrite:  # a rerun with the same options has nothing to do; anything else in `out` is refused
+        m, why = existing_preparation(name, out, opts, num_shards)
+        if m is not None:
+            print(f"{out} already holds {name} prepared with these options; nothing to do "
+                  f"(--overwrite true rebuilds it)")
+            return
+        if why:
+            raise OutputExistsError(f"{os.path.abspath(out)} already exists and {why}; pass --overwrite true to "
+                                    f"replace it, or choose another --out")
     m = prepare_dataset(name, out, opts, num_shards=num_shards, overwrite=overwrite)
     counts = {s: v["count"] for s, v in m["splits"].items()}
     print(f"prepared {name} -> {out} in {time.perf_counter() - t0:.1f} s: grid {m['grid']}, vocab {m['vocab_size']}, "

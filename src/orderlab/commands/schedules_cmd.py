@@ -9,11 +9,10 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 from orderlab.plan import Plan, PlanError
 from orderlab.plan_metrics import plan_metrics
 from orderlab.schedule import get_schedule, list_schedules
+from orderlab.seeding import sample_generator
 
 __all__ = ["schedules"]
 
@@ -30,28 +29,30 @@ def schedules(height: int = 16, width: int = 16, steps: int | None = None, out: 
         width: token-grid columns W (>= 1).
         steps: step budget T for every schedule, 1 <= T <= H*W; None gives each schedule its natural budget.
         out: folder for the pictures and tables (created if missing).
-        seed: seed of the ``torch.Generator`` each schedule plans with (the same seed for every schedule).
+        seed: each schedule plans with ``sample_generator(seed, 0)``: the plan sample 0 of ``orderlab sample --seed``
+            gets (orderlab.seeding).
     """
     for key, v in (("height", height), ("width", width)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SystemExit(f"orderlab schedules: --{key} must be an int >= 1, got {v!r}")
+            raise ValueError(f"--{key} must be an int >= 1, got {v!r}")
     n = height * width
     if steps is not None and not 1 <= steps <= n:
-        raise SystemExit(f"orderlab schedules: --steps {steps} is outside 1..N={n} for a {height}x{width} grid")
+        raise ValueError(f"--steps {steps} is outside 1..N={n} for a {height}x{width} grid")
 
     from orderlab.viz import plot_plan  # matplotlib only when pictures are wanted
 
     folder = Path(out)
-    rows = []
-    for name in list_schedules():
+    rows, plans = [], []
+    for name in list_schedules():  # every plan first: a schedule that cannot plan fails before any file is written
         schedule = get_schedule(name)
         try:
-            plan = schedule.plan(height, width, steps, torch.Generator().manual_seed(seed))
+            plan = schedule.plan(height, width, steps, sample_generator(seed, 0))
         except PlanError as err:
-            raise SystemExit(f"orderlab schedules: schedule {name!r} at steps={steps}: {err}") from None
-        metrics = plan_metrics(plan)
+            raise ValueError(f"schedule {name!r} at steps={steps}: {err}") from None
+        plans.append((name, plan))
+        rows.append(_row(name, schedule, plan, plan_metrics(plan)))
+    for name, plan in plans:
         plot_plan(plan, folder / f"{name}.png", title=f"{name}: {height}x{width}, T={plan.num_steps}")
-        rows.append(_row(name, schedule, plan, metrics))
 
     _print_table(rows, height, width, steps, seed)
     _write_text(folder / "schedules.md", _markdown(rows, height, width, steps, seed))
@@ -124,10 +125,13 @@ def _nan_to_none(obj):
 def _write_text(path: Path, text: str) -> None:
     """Write atomically (temporary name in the same folder, then ``os.replace``), like the pictures."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    from orderlab.data.atomic import default_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, default_mode())  # mkstemp makes it 0600: give it the mode open() would (umask applied)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,7 +21,9 @@ def search(*, space: dict[str, Any], objectives: list[str] | None = None, kind: 
         kind: "inference" (a trained checkpoint, through the evaluate code path) or "train" (orderlab fit).
         directions: minimize/maximize per objective (default: maximize precision/recall, minimize the rest).
         fixed: values held fixed for every trial (same names as space), e.g. {steps: 8}.
-        evaluate: inference settings: ckpt, num_samples, seed, data, split, extractor, batch_size, nll_samples.
+        evaluate: inference settings: ckpt, num_samples, seed, data, split, extractor, batch_size, nll_samples,
+            precision, cache_dir (the real-feature cache; default $ORDERLAB_CACHE, else $XDG_CACHE_HOME/orderlab,
+            else ~/.cache/orderlab: the data and checkpoint folders are never written).
         fit: training settings: config (an `orderlab fit` YAML) and args (extra overrides).
         study_name: the study's name in the storage; a rerun with the same name continues it.
         storage: an RDB URL (postgresql://user:pw@host/db for many machines); default sqlite:///OUT/study.db.

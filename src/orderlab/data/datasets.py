@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from orderlab.data.sources import (
 
 __all__ = [
     "PrepareOptions", "Prepared", "register_dataset", "list_datasets", "prepare_dataset", "write_dataset",
-    "seeded_split",
+    "seeded_split", "existing_preparation", "preparation_record",
 ]
 
 TOKENIZER_FILE = "tokenizer.pt"
@@ -219,9 +219,37 @@ def prepare_dataset(name: str, out: str, options: PrepareOptions | None = None, 
     def fill(work: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         prep = _REGISTRY[name](opts, work)  # may save a tokenizer checkpoint into work
-        return _finish(work, name, prep, t0, num_shards, {"seed": opts.seed})
+        return _finish(work, name, prep, t0, num_shards,
+                       {"seed": opts.seed, "prepare_options": preparation_record(name, opts, num_shards)})
 
     return _write_atomically(out, overwrite, fill)
+
+
+def preparation_record(name: str, options: PrepareOptions | None = None, num_shards: int = 8) -> dict[str, Any]:
+    """What ``prepare`` was asked for, as the manifest records it (``prepare_options``): same record, same data."""
+    record = {"dataset": name, "num_shards": int(num_shards), **asdict(options or PrepareOptions())}
+    record.pop("progress")
+    return record
+
+
+def existing_preparation(name: str, out: str, options: PrepareOptions | None = None, num_shards: int = 8
+                         ) -> tuple[dict[str, Any] | None, str]:
+    """``(manifest, "")`` when ``out`` already holds an intact folder prepared with exactly these options (so a
+    rerun of ``prepare`` has nothing to do); else ``(None, why not)``, ``why`` empty when ``out`` does not exist."""
+    if not os.path.exists(out):
+        return None, ""
+    try:
+        manifest = shards.read_manifest(out)
+        shards.verify_shards(out, manifest, checksums=False)
+    except shards.ShardError as err:
+        return None, f"is not an intact prepared dataset ({err})"
+    have, want = manifest.get("prepare_options"), preparation_record(name, options, num_shards)
+    if not isinstance(have, dict):
+        return None, "its manifest does not record how it was prepared"
+    diff = [f"{k}={have.get(k)!r} there, {v!r} asked" for k, v in want.items() if have.get(k) != v]
+    if diff:
+        return None, f"holds a different preparation ({'; '.join(diff)})"
+    return manifest, ""
 
 
 def write_dataset(out: str, prepared: Prepared, name: str, num_shards: int = 8, overwrite: bool = False

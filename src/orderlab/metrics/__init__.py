@@ -7,7 +7,8 @@ The entry point::
     ImageMetrics.compute(fake: Tensor (N, C, H, W) in [0, 1]) -> dict
     load_extractor(name_or_path="classifier", dataset=None) -> FeatureExtractor
 
-Usage (real features of the val split are extracted once and cached in the dataset folder)::
+Usage (real features of the val split are extracted once and cached in ``default_cache_dir()``:
+``$ORDERLAB_CACHE``, else ``$XDG_CACHE_HOME/orderlab``, else ``~/.cache/orderlab``; never in the dataset folder)::
 
     from orderlab.metrics import ImageMetrics, load_extractor
     extractor = load_extractor("classifier", dataset="digits")       # or a local Inception TorchScript file
@@ -21,6 +22,7 @@ CNN; not comparable with papers' Inception FIDs) or ``fid``/``kid`` (a TorchScri
 Compare numbers only at equal ``num_samples`` and extractor fingerprint.
 """
 
+from orderlab.metrics.cache import default_cache_dir
 from orderlab.metrics.features import (
     ClassifierFeatures, FeatureCNN, FeatureExtractor, TorchScriptFeatures, asset_path, classifier_features,
     load_extractor,
@@ -32,5 +34,5 @@ from orderlab.metrics.image_metrics import (
 __all__ = [
     "ImageMetrics", "load_extractor", "ClassifierFeatures", "FeatureCNN", "FeatureExtractor", "TorchScriptFeatures",
     "asset_path", "classifier_features", "RealImages", "extract_features", "format_metrics", "image_metrics",
-    "precision_recall",
+    "precision_recall", "default_cache_dir",
 ]

@@ -4,8 +4,9 @@
 ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` through a pass-through ``feature=`` module, and
 computes improved precision/recall (Kynkäänniemi et al. 2019; k-NN radii, torchmetrics has none) on the same
 features. Fréchet distances are strongly biased by the sample count, so every call uses exactly
-``num_samples`` real and fake images and reports that number. Real features are cached on disk, keyed by
-dataset, split, count, the shards' checksums and the extractor's fingerprint.
+``num_samples`` real and fake images and reports that number. Real features are cached on disk (in
+:func:`~orderlab.metrics.cache.default_cache_dir`, never in the dataset folder), keyed by dataset, split, count,
+the shards' checksums and the extractor's fingerprint.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from orderlab.data.atomic import atomic_torch_save
+from orderlab.metrics.cache import default_cache_dir
 from orderlab.metrics.features import FeatureExtractor
 
 __all__ = ["ImageMetrics", "RealImages", "extract_features", "precision_recall", "image_metrics", "format_metrics"]
@@ -149,8 +151,9 @@ class ImageMetrics:
             ``split``); or a cached-features file written by this class.
         num_samples: real and generated images compared, each.
         split: split of a dataset-folder reference.
-        cache: where the real features of a dataset reference are cached: True = the dataset folder, a str = that
-            folder, False = nowhere. Files are keyed by dataset, split, shard checksums, count and extractor.
+        cache: where the real features of a dataset reference are cached: True = the cache folder
+            (:func:`~orderlab.metrics.cache.default_cache_dir`; the dataset folder is never written), a str =
+            that folder, False = nowhere. Files are keyed by dataset, split, shard checksums, count and extractor.
         k: neighbourhood size of precision/recall.
         kid_subsets: KID subsets.
         kid_subset_size: KID subset size, capped at ``num_samples // 2`` (subsets as large as the sets would all
@@ -176,7 +179,7 @@ class ImageMetrics:
         self.kid_subsets, self.kid_subset_size = kid_subsets, min(kid_subset_size, max(2, num_samples // 2))
         self.cache_path: str | None = None
         if isinstance(reference, RealImages):
-            folder = reference.root if cache is True else (cache or None)
+            folder = default_cache_dir() if cache is True else (cache or None)
             self.real_features = _cached_real(reference, extractor, num_samples, folder, batch_size)  # (N, D)
         elif isinstance(reference, str):
             if not os.path.isfile(reference):
@@ -259,7 +262,7 @@ def _cached_real(real: RealImages, extractor: FeatureExtractor, n: int, cache_di
     if path is not None:
         try:
             atomic_torch_save({"key": key, "features": feats}, path)
-        except OSError as exc:  # a read-only dataset folder still evaluates, just without the cache
+        except OSError as exc:  # an unwritable cache folder still evaluates, just without the cache
             warnings.warn(f"cannot write the feature cache {path}: {exc}", stacklevel=3)
     return feats
 
@@ -269,7 +272,7 @@ def image_metrics(real: torch.Tensor | RealImages | str, fake: torch.Tensor, ext
                   seed: int = 0, cache_dir: str | None = None, batch_size: int = 500) -> dict[str, Any]:
     """One-shot form of :class:`ImageMetrics`: ``ImageMetrics(extractor, real, num_samples, ...).compute(fake)``.
 
-    ``cache_dir`` None means no cache here (unlike the class, whose default caches in the dataset folder).
+    ``cache_dir`` None means no cache here (unlike the class, whose default is the cache folder).
     """
     metrics = ImageMetrics(extractor, real, num_samples, cache=cache_dir or False, k=k, kid_subsets=kid_subsets,
                            kid_subset_size=kid_subset_size, seed=seed, batch_size=batch_size)

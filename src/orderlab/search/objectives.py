@@ -57,6 +57,7 @@ class InferenceObjective:
         from orderlab.commands.evaluate_cmd import load_context
 
         self.spec, self.params = spec, params
+        self.progress = None  # progress(phase, samples_done) during a trial, set by the worker's progress bar
         ev = spec.evaluate
         self.ctx = load_context(ev["ckpt"], ev.get("data"), ev.get("split", "val"), ev.get("extractor", "classifier"),
                                 ev.get("nll_samples"))
@@ -71,6 +72,7 @@ class InferenceObjective:
 
     def __call__(self, trial) -> list[float]:
         from orderlab.evaluation import evaluate_row, parse_row
+        from orderlab.metrics import default_cache_dir
 
         values = {**self.spec.fixed, **suggest(trial, self.params)}
         row_map, sampling = inference_setting(values)
@@ -80,13 +82,44 @@ class InferenceObjective:
         result = evaluate_row(self.ctx.loaded, row, num_samples=ev.get("num_samples", 256), real=self.ctx.real,
                               extractor=self.ctx.extractor, val_tokens=self.ctx.val_tokens,
                               val_labels=self.ctx.val_labels, batch_size=ev.get("batch_size", 256),
-                              seed=ev.get("seed", 0), cache_dir=self.ctx.root, precision=ev.get("precision", "fp32"),
+                              seed=ev.get("seed", 0), cache_dir=ev.get("cache_dir") or default_cache_dir(),
+                              precision=ev.get("precision", "fp32"),
                               grid_path=os.path.join(self.spec.out, "trials", f"trial_{trial.number:04d}.png"),
-                              **sampling)
+                              progress=self.progress, **sampling)
         metrics = _numbers(result)
         trial.set_user_attr("row", row.label)
         trial.set_user_attr("metrics", metrics)
         return _values(metrics, self.spec.objectives)
+
+
+def quiet_lightning() -> None:
+    """One line per trial, not Lightning's banners, tips and the same warnings again in every trial.
+
+    Lightning sets its loggers to INFO when it is first imported, so it is imported here before their level is set
+    (setting it earlier is undone by the import): its info lines (GPU/TPU available, tips, "`Trainer.fit` stopped")
+    go. Warnings stay, but each one (text, category, place) is shown once per process: Python's own "once"/"default"
+    filters forget what they showed whenever a ``warnings.catch_warnings`` block exits, which LightningCLI and
+    Optuna's heartbeat do in every trial.
+    """
+    import importlib
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        importlib.import_module(name)  # first: its import sets the level to INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if getattr(warnings.showwarning, "_orderlab_once", False):
+        return
+    show, seen = warnings.showwarning, set()
+
+    def once(message, category, filename, lineno, file=None, line=None):
+        key = (str(message), category, filename, lineno)
+        if key not in seen:
+            seen.add(key)
+            show(message, category, filename, lineno, file, line)
+
+    once._orderlab_once = True
+    warnings.showwarning = once
 
 
 class TrainObjective:
@@ -97,11 +130,8 @@ class TrainObjective:
     """
 
     def __init__(self, spec, params):
-        import logging
-
         self.spec, self.params = spec, params
-        for name in ("lightning.pytorch", "lightning.fabric"):  # one line per trial, not Lightning's banners
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_lightning()
 
     def args_for(self, values: dict[str, Any], trial_dir: str) -> list[str]:
         fit = self.spec.fit

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from orderlab.suggest import did_you_mean
+
 __all__ = ["Param", "parse_space", "suggest", "INFERENCE_TARGETS", "inference_setting", "train_overrides"]
 
 # what an inference-time parameter may set; "knobs.<name>" sets a schedule knob
@@ -59,8 +61,8 @@ def _check_name(key: str, name: str, kind: str) -> None:
     """A parameter name (searched or fixed) must be something a trial of this kind can set."""
     if kind == "inference":
         if not (name in INFERENCE_TARGETS or (name.startswith("knobs.") and len(name) > len("knobs."))):
-            raise ValueError(f"{key}: unknown parameter for an inference search; choose one of "
-                             f"{list(INFERENCE_TARGETS)} or knobs.<schedule knob>")
+            raise ValueError(f"{key}: unknown parameter for an inference search{did_you_mean(name, INFERENCE_TARGETS)}"
+                             f" (choose one of {list(INFERENCE_TARGETS)} or knobs.<schedule knob>)")
     elif not name.startswith(TRAIN_PREFIXES):
         raise ValueError(f"{key}: a training search parameter is an `orderlab fit` key starting with one of "
                          f"{list(TRAIN_PREFIXES)} (e.g. model.lr)")
@@ -76,7 +78,8 @@ def _parse_param(name: str, spec: Any, earlier: dict[str, Param], kind: str) -> 
         raise ValueError(f"{key}.type={ptype!r}: choose one of {sorted(_KEYS)}")
     unknown = sorted(set(spec) - _KEYS[ptype])
     if unknown:
-        raise ValueError(f"{key}.{unknown[0]}: unknown key for a {ptype} parameter; keys are {sorted(_KEYS[ptype])}")
+        raise ValueError(f"{key}.{unknown[0]}: unknown key for a {ptype} parameter"
+                         f"{did_you_mean(unknown[0], _KEYS[ptype])} (keys are {sorted(_KEYS[ptype])})")
     when = _parse_when(key, spec.get("when") or {}, earlier)
     if ptype == "categorical":
         choices = spec.get("choices")
@@ -174,6 +177,20 @@ def _check_inference(params: dict[str, Param], fixed: dict[str, Any]) -> None:
             raise ValueError(f"space.{name}.low={p.low}: {name} is at least {least}")
         if p is not None and p.type == "float":
             raise ValueError(f"space.{name}.type=float: {name} is an int (use type: int)")
+    from orderlab.sampling import check_sampling_args
+
+    for name in ("cfg_scale", "temperature", "top_k", "top_p", "cfg_schedule"):  # e.g. a negative guidance weight
+        p = params.get(name)
+        if name in fixed:
+            values = [(f"fixed.{name}", fixed[name])]
+        elif p is not None and p.type == "categorical":
+            values = [(f"space.{name}.choices", json.loads(c) if p.encoded else c) for c in p.choices]
+        elif p is not None:  # a range is valid when both its ends are: every rule is an interval
+            values = [(f"space.{name}.low", p.low), (f"space.{name}.high", p.high)]
+        else:
+            values = []
+        for key, value in values:
+            check_sampling_args(**{name: value}, names={name: key})
 
 
 def suggest(trial, params: list[Param]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import optuna
 
 from orderlab.search.objectives import INFERENCE_OBJECTIVES, InferenceObjective, TrainObjective, default_direction
 from orderlab.search.space import Param, parse_space
+from orderlab.seeding import derive_seed
+from orderlab.suggest import did_you_mean
 
 __all__ = ["SearchSpec", "make_spec", "run_search", "SAMPLERS", "PRUNERS", "storage_url"]
 
@@ -27,7 +29,7 @@ PRUNERS: dict[str, Any] = {"median": optuna.pruners.MedianPruner, "percentile": 
                            "hyperband": optuna.pruners.HyperbandPruner,
                            "successive_halving": optuna.pruners.SuccessiveHalvingPruner}
 _EVALUATE_KEYS = {"ckpt", "data", "split", "extractor", "num_samples", "batch_size", "seed", "nll_samples",
-                  "precision"}
+                  "precision", "cache_dir"}
 _FIT_KEYS = {"config", "args"}
 
 
@@ -81,7 +83,8 @@ def make_spec(*, kind: str, space: dict, objectives: list[str], directions: list
         evaluate = dict(evaluate or {})
         unknown = sorted(set(evaluate) - _EVALUATE_KEYS)
         if unknown:
-            raise ValueError(f"evaluate.{unknown[0]}: unknown key; keys are {sorted(_EVALUATE_KEYS)}")
+            raise ValueError(f"evaluate.{unknown[0]}: unknown key{did_you_mean(unknown[0], _EVALUATE_KEYS)} (keys "
+                             f"are {sorted(_EVALUATE_KEYS)})")
         if not evaluate.get("ckpt"):
             raise ValueError("evaluate.ckpt: an inference search needs a checkpoint (e.g. runs/demo/checkpoints/last.ckpt)")
         if not os.path.isfile(evaluate["ckpt"]):
@@ -90,7 +93,8 @@ def make_spec(*, kind: str, space: dict, objectives: list[str], directions: list
         fit = dict(fit or {})
         unknown = sorted(set(fit) - _FIT_KEYS)
         if unknown:
-            raise ValueError(f"fit.{unknown[0]}: unknown key; keys are {sorted(_FIT_KEYS)}")
+            raise ValueError(f"fit.{unknown[0]}: unknown key{did_you_mean(unknown[0], _FIT_KEYS)} (keys are "
+                             f"{sorted(_FIT_KEYS)})")
         if not fit.get("config") or not os.path.isfile(fit["config"]):
             raise ValueError(f"fit.config={fit.get('config')!r} must be an existing `orderlab fit` YAML")
         if not isinstance(fit.get("args", []), list):
@@ -146,10 +150,15 @@ def _objective(spec: SearchSpec):
 
 
 def worker(spec: SearchSpec, url: str, index: int, quota: int, seed: int, threads: int | None = None,
-           objective=None) -> None:
-    """One process's share of the study: ``quota`` trials, each printed as one line, failures recorded."""
+           objective=None, progress: bool = False) -> None:
+    """One process's share of the study: ``quota`` trials, each printed as one line, failures recorded.
+
+    ``progress``: a progress bar over the trials (and the samples of an inference trial) on stderr, when it is a
+    terminal; the in-process worker of a one-worker search shows one, the worker processes do not.
+    """
     import torch
 
+    from orderlab.progress import progress_bar
     from orderlab.search.report import log_trial_hparams
 
     if threads:
@@ -161,9 +170,17 @@ def worker(spec: SearchSpec, url: str, index: int, quota: int, seed: int, thread
                               sampler=_sampler(spec, seed),
                               pruner=pruner)
     objective = objective or _objective(spec)
+    bar = progress_bar(progress)
+    trials = bar.add_task("trials", total=quota)
+    num_samples = spec.evaluate.get("num_samples", 256)
+    samples = bar.add_task("  samples", total=num_samples, visible=spec.kind == "inference")
+    if spec.kind == "inference":
+        objective.progress = lambda phase, done: bar.update(samples, completed=done, description=f"  {phase}")
 
     def run(trial):
         t0 = time.perf_counter()
+        bar.update(trials, description=f"trial {trial.number} [worker {index}]")
+        bar.reset(samples, total=num_samples, description="  sampling")
         try:
             values = objective(trial)
         except optuna.TrialPruned:
@@ -180,7 +197,18 @@ def worker(spec: SearchSpec, url: str, index: int, quota: int, seed: int, thread
         log_trial_hparams(spec, trial, values)
         return values if len(values) > 1 else values[0]
 
-    study.optimize(run, n_trials=quota, timeout=spec.timeout, catch=(Exception,), gc_after_trial=True)
+    def counted(trial):
+        try:
+            return run(trial)
+        finally:
+            bar.advance(trials)
+
+    with bar:
+        try:
+            study.optimize(counted, n_trials=quota, timeout=spec.timeout, catch=(Exception,), gc_after_trial=True)
+        finally:
+            if spec.kind == "inference":
+                objective.progress = None
 
 
 def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: int = 1) -> dict[str, Any]:
@@ -192,10 +220,10 @@ def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: in
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an int >= 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of ours instead
-    os.makedirs(spec.out, exist_ok=True)
     url = storage_url(storage, spec.out)
-    objective = _objective(spec)
+    objective = _objective(spec)  # an unreadable checkpoint, or one that does not fit the data, fails here
     objective.check()  # a bad fit key or sample count fails here, before the study is written
+    os.makedirs(spec.out, exist_ok=True)
     study = optuna.create_study(study_name=spec.study_name, storage=_storage(url, spec.heartbeat),
                                 directions=spec.directions,
                                 load_if_exists=True)  # created here, once, so workers never race on the schema
@@ -206,16 +234,18 @@ def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: in
     before = len(study.trials)
     print(f"study {spec.study_name!r} ({url}): {before} trials stored; running {n_trials} more in {workers} "
           f"worker(s); objectives {list(zip(spec.objectives, spec.directions))}", flush=True)
-    base = spec.seed + 1009 * before  # a rerun continues with fresh draws instead of repeating the first ones
+    # worker i of the invocation that finds ``before`` trials stored samples with its own derived seed, so a rerun
+    # continues with fresh draws instead of repeating the first ones
+    seeds = [derive_seed(spec.seed, "search-worker", before, i) % 2 ** 32 for i in range(workers)]  # Optuna: 32 bits
     quotas = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
     if workers == 1:
-        worker(spec, url, 0, quotas[0], base, objective=objective)
+        worker(spec, url, 0, quotas[0], seeds[0], objective=objective, progress=True)
     else:
         import multiprocessing as mp
 
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and open DB connections
-        procs = [ctx.Process(target=worker, args=(spec, url, i, q, base + i, threads)) for i, q in
+        procs = [ctx.Process(target=worker, args=(spec, url, i, q, seeds[i], threads)) for i, q in
                  enumerate(quotas) if q]
         for p in procs:
             p.start()
