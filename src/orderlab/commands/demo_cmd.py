@@ -173,11 +173,11 @@ def _demo(out, data, config, max_steps, rows, num_samples, seed, callbacks, cach
 def default_threads() -> int:
     """The demo's torch thread count: 2 (at most the cores) when ``OMP_WAIT_POLICY=passive``, else 1.
 
-    Measured on a 2-core CPU (README): idle OpenMP threads that spin (the default policy) make 2 threads 2-4x slower
-    than 1 next to other CPU-bound work, while 2 threads are 1.8x faster on a quiet machine. With the passive policy
-    (idle threads sleep), 2 threads are within 10 % of the best when quiet and the fastest under load. The policy is
-    read once, when torch loads its OpenMP runtime, so it must be in the environment at start-up: ``make demo``
-    sets it; without it, 1 thread is the setting that cannot collapse under load.
+    Measured on a 2-core CPU (README): idle OpenMP threads that spin (the default policy) make 2 threads up to 4x
+    slower than 1 next to other CPU-bound work, while 2 threads are 1.8x faster on a quiet machine. With the passive
+    policy (idle threads sleep), 2 threads are about 10 % behind the best when quiet and the fastest under load.
+    The policy is read once, when torch loads its OpenMP runtime, so it must be in the environment at start-up:
+    ``make demo`` sets it; without it, 1 thread is the setting that cannot collapse under load.
     """
     passive = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
     return max(1, min(2 if passive else 1, os.cpu_count() or 1))
