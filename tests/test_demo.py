@@ -161,6 +161,8 @@ def test_evaluate_and_sample_commands(tiny_ckpt, digits_root, tmp_path, capsys):
     # sampling, then inpainting the bottom half of each sample: its top half comes back unchanged
     main(["sample", "--ckpt", tiny_ckpt, "--schedule", "locality", "--steps", "8", "--num", "4",
           "--out", str(tmp_path / "s.png"), "--cfg", "2.0"])
+    said = capsys.readouterr().out
+    assert f"wrote {tmp_path / 's.npy'}: the sampled tokens" in said  # the .npy beside the PNG is announced
     first = np.load(tmp_path / "s.npy")
     main(["sample", "--ckpt", tiny_ckpt, "--known", str(tmp_path / "s.npy"), "--region", "rows=4:8",
           "--out", str(tmp_path / "inp.png")])

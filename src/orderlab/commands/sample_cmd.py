@@ -214,11 +214,15 @@ def sample(*, ckpt: str, out: str = "samples.png", schedule: str = "random", ste
                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, return_info=True,
                             precision=precision, **kw)
     save_grid(loaded.decode_tokens(tokens), out, nrow=min(8, num))
+    tokens_path = os.path.splitext(out)[0] + ".npy"
     if save_tokens:
         import io
 
         buf = io.BytesIO()
         np.save(buf, tokens.numpy().astype(np.int32))
-        atomic_write_bytes(os.path.splitext(out)[0] + ".npy", buf.getvalue())
+        atomic_write_bytes(tokens_path, buf.getvalue())
     print(f"wrote {out}: {num} samples, schedule {schedule}, decoder {decoder}, "
           f"{info.passes_per_image:g} forward passes per image")
+    if save_tokens:
+        print(f"wrote {tokens_path}: the sampled tokens, int32 ({num}, {tokens.shape[1]}, {tokens.shape[2]}); "
+              "--save_tokens false skips it, --known takes it back")
