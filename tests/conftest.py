@@ -113,7 +113,7 @@ def tiny_ckpt(digits_root, tmp_path_factory):
     """A checkpoint of a tiny digits model trained for 3 steps by ``orderlab fit``."""
     from pathlib import Path
 
-    from orderlab.lightning_cli import run_lightning_cli
+    from orderlab.train.lightning_cli import run_lightning_cli
 
     out = tmp_path_factory.mktemp("fit")
     cfg = Path(__file__).resolve().parents[1] / "experiments" / "debug.yaml"

@@ -2,7 +2,7 @@
 
 import torch
 
-from orderlab.backbone import ModelConfig, build_model
+from orderlab.model.backbone import ModelConfig, build_model
 
 # (arch, mutual, block, position): every knob setting where training and decoding are defined to agree
 KNOBS = [

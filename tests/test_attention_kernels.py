@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from orderlab.backbone import ModelConfig, build_model
-from orderlab.decode import generate, make_plans
-from orderlab.scoring import stepwise_logits, training_logits
+from orderlab.decoding.decode import generate, make_plans
+from orderlab.decoding.scoring import stepwise_logits, training_logits
+from orderlab.model.backbone import ModelConfig, build_model
 
 
 def _pair(arch, mutual):

@@ -2,11 +2,11 @@ import pytest
 import torch
 from helpers import KNOBS, tiny_model
 
-from orderlab.backbone import PRESETS, ModelConfig, build_model, drop_labels
-from orderlab.decode import make_plans
-from orderlab.masks import training_mask, training_sequence
-from orderlab.probe import probe_attention
-from orderlab.scoring import training_logits
+from orderlab.decoding.decode import make_plans
+from orderlab.decoding.scoring import training_logits
+from orderlab.model.backbone import PRESETS, ModelConfig, build_model, drop_labels
+from orderlab.model.masks import training_mask, training_sequence
+from orderlab.model.probe import probe_attention
 
 H, W = 4, 5
 

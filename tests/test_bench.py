@@ -36,7 +36,7 @@ def test_bench_decode_writes_rows(tmp_path):
 def test_peak_memory_is_measured():
     """Each row's peak covers at least its own KV cache (about 134 MiB here), and a tiny row's stays far below."""
     import orderlab.commands.bench_cmd as bc
-    from orderlab.backbone import ModelConfig, build_model
+    from orderlab.model.backbone import ModelConfig, build_model
 
     big = build_model(ModelConfig(vocab_size=16, height=16, width=16, num_classes=1, depth=4, dim=256, heads=4))
     row = bc._isolated(big, "random", 4, 64, 1, "cpu", None, "fp32")
@@ -49,7 +49,7 @@ def test_peak_memory_is_measured():
 def test_a_parent_with_a_busy_thread_pool_does_not_hang_the_rows(tiny_ckpt):
     """Regression: rows forked from a process that had used OpenMP threads deadlocked in their first matmul."""
     import orderlab.commands.bench_cmd as bc
-    from orderlab.checkpoint import load_checkpoint
+    from orderlab.train.checkpoint import load_checkpoint
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)

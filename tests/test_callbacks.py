@@ -12,11 +12,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
-import orderlab.callbacks as cb
-from orderlab.callbacks import AttentionLocality, OrderPictures, SampleGrids, upscale
-from orderlab.evaluation import image_grid
-from orderlab.decode import make_plans
-from orderlab.scoring import training_logits
+import orderlab.train.callbacks as cb
+from orderlab.train.callbacks import AttentionLocality, OrderPictures, SampleGrids, upscale
+from orderlab.analysis.evaluation import image_grid
+from orderlab.decoding.decode import make_plans
+from orderlab.decoding.scoring import training_logits
 
 H, W, V = 4, 5, 7
 
@@ -163,11 +163,11 @@ def test_callbacks_parse_from_yaml():
     parser.add_argument("--callbacks", type=list[L.Callback])
     cfg = parser.parse_string("""
 callbacks:
-  - class_path: orderlab.callbacks.AttentionLocality
+  - class_path: orderlab.train.callbacks.AttentionLocality
     init_args: {layers: [0, 2], schedules: [random, raster], steps: 8, radius: 2}
-  - class_path: orderlab.callbacks.SampleGrids
+  - class_path: orderlab.train.callbacks.SampleGrids
     init_args: {schedules: [random], steps: [4, 8], cfg_scale: 2.0}
-  - class_path: orderlab.callbacks.OrderPictures
+  - class_path: orderlab.train.callbacks.OrderPictures
 """)
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
     loc, grids, pics = instantiate(cfg).callbacks

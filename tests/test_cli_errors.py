@@ -147,7 +147,7 @@ def test_evaluate_bad_sampling_knob(tiny_ckpt, tmp_path, capsys, flag, value, ne
 
 
 def test_sampling_knobs_accept_their_edges():
-    from orderlab.sampling import check_sampling_args
+    from orderlab.decoding.sampling import check_sampling_args
 
     check_sampling_args(cfg_scale=0.0, temperature=0.0, top_k=0, top_p=1.0, cfg_schedule="linear")  # all legal
     with pytest.raises(ValueError, match="cfg_scale=nan"):

@@ -11,9 +11,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from orderlab import Plan, get_schedule, list_schedules, plan_metrics
+from orderlab.analysis.pictures import _boundaries, plot_plan
 from orderlab.cli import main
 from orderlab.seeding import sample_generator
-from orderlab.viz import _boundaries, plot_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 metrics_mod = importlib.import_module("orderlab.plan_metrics")  # the package attribute is the function

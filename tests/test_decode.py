@@ -3,8 +3,8 @@ import torch
 from helpers import tiny_model
 
 from orderlab import PlanError, list_schedules
-from orderlab.decode import generate
-from orderlab.sampling import cfg_scales, filter_logits
+from orderlab.decoding.decode import generate
+from orderlab.decoding.sampling import cfg_scales, filter_logits
 
 H, W = 4, 5
 

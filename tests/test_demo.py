@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from orderlab.analysis.evaluation import parse_row
 from orderlab.cli import main
 from orderlab.commands.report import findings
 from orderlab.commands.sample_cmd import parse_region
-from orderlab.evaluation import parse_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,14 +110,14 @@ def test_fit_config_replaces_max_time_with_a_per_run_guard(tmp_path):
 
     cfg = tmp_path / "x.yaml"
     cfg.write_text(yaml.safe_dump({"trainer": {"max_steps": 9, "max_time": "00:00:05:30", "callbacks": [
-        {"class_path": "orderlab.callbacks.TimeLimit", "init_args": {"minutes": 3}},
+        {"class_path": "orderlab.train.callbacks.TimeLimit", "init_args": {"minutes": 3}},
         {"class_path": "lightning.pytorch.callbacks.Timer", "init_args": {"duration": "00:00:01:00"}}]}}))
     for limit in (2.5, None):
         path = fit_config(str(cfg), str(tmp_path / "o"), "d", None, time_limit=limit)
         tr = yaml.safe_load(Path(path).read_text())["trainer"]
         guards = [c for c in tr["callbacks"] if c["class_path"].endswith(("TimeLimit", "Timer"))]
         assert "max_time" not in tr
-        assert guards == ([{"class_path": "orderlab.callbacks.TimeLimit", "init_args": {"minutes": 2.5}}]
+        assert guards == ([{"class_path": "orderlab.train.callbacks.TimeLimit", "init_args": {"minutes": 2.5}}]
                           if limit else [])
 
 

@@ -5,9 +5,9 @@ import torch
 from helpers import KNOBS, tiny_model
 
 from orderlab import list_schedules
-from orderlab.decode import make_plans
-from orderlab.masks import training_mask
-from orderlab.scoring import stepwise_logits, token_logprobs, training_logits
+from orderlab.decoding.decode import make_plans
+from orderlab.decoding.scoring import stepwise_logits, token_logprobs, training_logits
+from orderlab.model.masks import training_mask
 
 H, W = 4, 5
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from helpers import tiny_model
-from orderlab.decode import make_plans
-from orderlab.evaluation import Row, image_grid, nll_bits, save_grid, write_table
-from orderlab.scoring import token_logprobs
+from orderlab.analysis.evaluation import Row, image_grid, nll_bits, save_grid, write_table
+from orderlab.decoding.decode import make_plans
+from orderlab.decoding.scoring import token_logprobs
 
 
 def _data():
@@ -62,10 +62,10 @@ def test_image_grid_layout(tmp_path):
 
 def test_jacobi_rows_report_passes_per_image(tiny_ckpt, digits_root):
     """A Jacobi decoder decodes item by item: evaluate reports its mean passes per image, not the batch total."""
-    from orderlab.checkpoint import load_checkpoint
-    from orderlab.decode import generate
-    from orderlab.evaluation import evaluate_row, parse_row
+    from orderlab.analysis.evaluation import evaluate_row, parse_row
+    from orderlab.decoding.decode import generate
     from orderlab.metrics import RealImages, classifier_features
+    from orderlab.train.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(tiny_ckpt)
     row = parse_row({"schedule": "raster", "steps": 64, "decoder": "sjd", "decoder_args": {"window": 4}})

@@ -35,7 +35,7 @@ def test_experiment_runs(path, digits_root, tiny_ckpt, tmp_path):
     cfg = yaml.safe_load(path.read_text())
     k = kind(cfg)
     if k == "fit":
-        from orderlab.lightning_cli import run_lightning_cli
+        from orderlab.train.lightning_cli import run_lightning_cli
 
         extra = ["--trainer.logger.init_args.save_dir", str(tmp_path)] if isinstance(
             cfg["trainer"].get("logger"), dict) else []

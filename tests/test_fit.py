@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import tiny_fit_args
-from orderlab.checkpoint import load_checkpoint
-from orderlab.decode import generate
-from orderlab.lightning_cli import run_lightning_cli
-from orderlab.module import OrderModule, default_budgets, lr_factor
+from orderlab.train.checkpoint import load_checkpoint
+from orderlab.decoding.decode import generate
+from orderlab.train.lightning_cli import run_lightning_cli
+from orderlab.train.module import OrderModule, default_budgets, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = str(ROOT / "experiments" / "debug.yaml")

@@ -8,11 +8,12 @@ import torch
 from helpers import tiny_model
 from scipy.stats import chisquare
 
-from orderlab import PlanError, jacobi
-from orderlab.decode import generate, make_plans
-from orderlab.jacobi import pjd_decode, sjd_decode
-from orderlab.jacobi_bench import bench_jacobi, train_toy_raster_model
-from orderlab.scoring import token_logprobs
+from orderlab import PlanError
+from orderlab.analysis.jacobi_bench import bench_jacobi, train_toy_raster_model
+from orderlab.decoding import jacobi
+from orderlab.decoding.decode import generate, make_plans
+from orderlab.decoding.jacobi import pjd_decode, sjd_decode
+from orderlab.decoding.scoring import token_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,12 +4,18 @@ import pytest
 import torch
 from helpers import tiny_model
 
-from orderlab.decode import make_plans
-from orderlab.locality import attention_locality, locality_from_weights, map_share, query_layers, uniform_baseline
-from orderlab.masks import training_mask
+from orderlab.analysis.attention_maps import (
+    attention_locality,
+    locality_from_weights,
+    map_share,
+    query_layers,
+    uniform_baseline,
+)
+from orderlab.decoding.decode import make_plans
+from orderlab.decoding.scoring import training_logits
+from orderlab.model.masks import training_mask
+from orderlab.model.probe import probe_attention
 from orderlab.plan import Plan
-from orderlab.probe import probe_attention
-from orderlab.scoring import training_logits
 
 
 def _raster(h, w):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from orderlab.masks import step_cache_rows, step_mask, training_mask, training_sequence
+from orderlab.model.masks import step_cache_rows, step_mask, training_mask, training_sequence
 
 
 def test_training_mask_matches_the_table():

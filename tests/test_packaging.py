@@ -1,9 +1,11 @@
 """Packaging stays consistent: conda env == pyproject, CI treats "no tests" as failure, CPU torch goes in first."""
 
+import importlib
 import os
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -105,3 +107,16 @@ def test_every_package_is_listed_in_pyproject():
     found = {".".join(p.parent.relative_to(ROOT / "src").parts) for p in (ROOT / "src").rglob("__init__.py")}
     found.add("orderlab.schedules")
     assert found == listed, f"pyproject packages differ from the tree: missing {found - listed}, stale {listed - found}"
+
+
+@pytest.mark.parametrize("class_path, new_module", [
+    ("orderlab.callbacks.SampleGrids", "orderlab.train.callbacks"),
+    ("orderlab.module.OrderModule", "orderlab.train.module"),
+])
+def test_old_class_paths_still_resolve_and_warn(class_path, new_module, monkeypatch):
+    """Old YAMLs and saved run configs name the modules that moved into orderlab.train."""
+    old_module, _, name = class_path.rpartition(".")
+    monkeypatch.delitem(sys.modules, old_module, raising=False)  # the warning comes on the first import
+    with pytest.warns(DeprecationWarning, match=new_module.replace(".", r"\.")):
+        cls = getattr(importlib.import_module(old_module), name)
+    assert cls is getattr(importlib.import_module(new_module), name)

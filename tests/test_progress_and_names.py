@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orderlab.analysis.evaluation import Row, parse_row
 from orderlab.cli import main
-from orderlab.evaluation import Row, parse_row
 
 ROOT = Path(__file__).resolve().parents[1]
 SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -82,9 +82,9 @@ def test_atomic_writers_give_the_umask_mode_not_0600(tmp_path, umask, capsys):
     import torch
     from matplotlib.figure import Figure
 
+    from orderlab.analysis.evaluation import save_grid
+    from orderlab.analysis.pictures import save_figure
     from orderlab.data.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json
-    from orderlab.evaluation import save_grid
-    from orderlab.viz import save_figure
 
     for mask, want in ((0o022, 0o644), (0o027, 0o640)):
         umask(mask)

@@ -101,7 +101,7 @@ def test_readme_workflow_runs_as_written(tmp_path, monkeypatch, capsys):
 
 def test_last_ckpt_link_follows_the_newest_run(digits_root, tmp_path):
     """``<save_dir>/<name>/last.ckpt`` (the path the README names) links to the newest numbered run's last.ckpt."""
-    from orderlab.lightning_cli import run_lightning_cli
+    from orderlab.train.lightning_cli import run_lightning_cli
 
     base = ["fit", "--config", str(ROOT / "experiments" / "debug.yaml"), *tiny_fit_args(digits_root, tmp_path, 1),
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.callbacks+=ModelCheckpoint",

@@ -80,7 +80,7 @@ def test_evaluate_sample_search_and_demo_leave_inputs_untouched(tiny_ckpt, digit
     out = tmp_path / "demo"
     (out / "checkpoints").mkdir(parents=True)
     shutil.copy2(tiny_ckpt, out / "checkpoints" / "last.ckpt")
-    monkeypatch.setattr("orderlab.lightning_cli.run_lightning_cli", lambda args: None)
+    monkeypatch.setattr("orderlab.train.lightning_cli.run_lightning_cli", lambda args: None)
     demo_cache = tmp_path / "demo-cache"
     before = snapshot(digits_root, out / "checkpoints")
     main(["demo", "--out", str(out), "--data", digits_root, "--experiment", str(ROOT / "experiments/debug.yaml"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import orderlab.decode
+import orderlab.decoding.decode
 from orderlab.cli import main
 from orderlab.commands.sample_cmd import known_inputs, parse_canvas
 
@@ -23,14 +23,14 @@ def first(tiny_ckpt, tmp_path):
 @pytest.fixture
 def calls(monkeypatch):
     """Record the labels, known tokens/mask and DecodeInfo of every generate() call the command makes."""
-    seen, real = [], orderlab.decode.generate
+    seen, real = [], orderlab.decoding.decode.generate
 
     def spy(model, schedule, steps, labels, **kw):
         tokens, info = real(model, schedule, steps, labels, **{**kw, "return_info": True})
         seen.append({"labels": labels.clone(), "known": kw.get("known"), "info": info})
         return (tokens, info) if kw.get("return_info") else tokens
 
-    monkeypatch.setattr(orderlab.decode, "generate", spy)
+    monkeypatch.setattr(orderlab.decoding.decode, "generate", spy)
     return seen
 
 

@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "demo": "orderlab.commands.demo_cmd:demo",
     "search": "orderlab.commands.search_cmd:search",
 }
-# LightningCLI subcommands (orderlab.lightning_cli), described here because they have no function of ours
+# LightningCLI subcommands (orderlab.train.lightning_cli), described here because they have no function of ours
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "Train a model: --config YAML plus --trainer.*, --model.*, --data.* overrides.",
     "validate": "Score a checkpoint (--ckpt_path) on the validation split.",
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     cmd, rest = argv[0], argv[1:]
     if cmd in LIGHTNING_COMMANDS:
-        from orderlab.lightning_cli import run_lightning_cli
+        from orderlab.train.lightning_cli import run_lightning_cli
 
         run_lightning_cli([cmd, *rest])
         return

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from orderlab.backbone import ModelConfig, build_model
 from orderlab.data.atomic import atomic_write_bytes
-from orderlab.decode import generate
+from orderlab.decoding.decode import generate
+from orderlab.model.backbone import ModelConfig, build_model
 
 
 def _rss_mib() -> float:
@@ -70,7 +70,7 @@ def _isolated(*args) -> dict:
     # forkserver, not fork: a child forked from a parent whose OpenMP pool is running (after load_state_dict, say)
     # deadlocks in its first matmul. The server imports torch once and never runs an op, so children start clean.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "orderlab.decode"])
+    ctx.set_forkserver_preload(["torch", "orderlab.decoding.decode"])
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, *args, torch.get_num_threads()))
     proc.start()
@@ -113,7 +113,7 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
     torch.manual_seed(0)
     models = []
     if ckpt:
-        from orderlab.checkpoint import load_checkpoint
+        from orderlab.train.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(ckpt)
         models.append((loaded.config.arch, loaded.model))

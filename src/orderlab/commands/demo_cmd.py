@@ -4,7 +4,7 @@ A killed demo resumes: the dataset is reused when its manifest is valid, and tra
 ``last.ckpt``. Everything lands in ``--out`` (default runs/demo): report.md, results.{md,csv,json}, sample grids,
 fcd_vs_steps.png, the fit config and TensorBoard logs.
 
-Training is held to its step count: a per-run time limit (:class:`orderlab.callbacks.TimeLimit`, not saved in the
+Training is held to its step count: a per-run time limit (:class:`orderlab.train.callbacks.TimeLimit`, not saved in the
 checkpoint) is only a guard. When it stops training short of ``max_steps``, the run says so, the report marks every
 verdict "not meaningful", and the command exits 1 after writing the report; running it again continues from
 ``last.ckpt`` to ``max_steps``.
@@ -31,7 +31,7 @@ def fit_config(config: str, out: str, data: str, max_steps: int | None, callback
     """The experiment YAML re-rooted under ``out`` (logs, checkpoints) and pointed at ``data``; returns its path.
 
     ``trainer.max_time`` and any time-limit callback of the YAML are replaced by one per-run
-    :class:`~orderlab.callbacks.TimeLimit` of ``time_limit`` minutes (None: no limit).
+    :class:`~orderlab.train.callbacks.TimeLimit` of ``time_limit`` minutes (None: no limit).
     """
     with open(config) as fh:
         cfg = yaml.safe_load(fh)
@@ -53,7 +53,7 @@ def fit_config(config: str, out: str, data: str, max_steps: int | None, callback
         cbs = [c for c in cbs if not c["class_path"].startswith("orderlab.")]
     cbs = [c for c in cbs if c["class_path"].rsplit(".", 1)[-1] not in ("TimeLimit", "Timer")]
     if time_limit is not None:
-        cbs.append({"class_path": "orderlab.callbacks.TimeLimit", "init_args": {"minutes": time_limit}})
+        cbs.append({"class_path": "orderlab.train.callbacks.TimeLimit", "init_args": {"minutes": time_limit}})
     tr["callbacks"] = cbs
     cfg.setdefault("data", {})["root"] = data
     path = os.path.join(out, "fit_config.yaml")
@@ -99,7 +99,7 @@ def demo(out: str = "runs/demo", data: str = "data/digits", experiment: str = "e
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key}={value!r} must be an int >= 1")
     if rows is not None:
-        from orderlab.evaluation import parse_row
+        from orderlab.analysis.evaluation import parse_row
 
         if not rows:
             raise ValueError("rows is empty: give at least one 'schedule:steps' (or leave it out for the default)")
@@ -121,7 +121,7 @@ def _demo(out, data, config, max_steps, rows, num_samples, seed, callbacks, cach
 
     from orderlab.commands.evaluate_cmd import run_evaluation
     from orderlab.commands.report import write_report
-    from orderlab.lightning_cli import run_lightning_cli
+    from orderlab.train.lightning_cli import run_lightning_cli
 
     t0 = time.perf_counter()
     if not _dataset_ok(data):

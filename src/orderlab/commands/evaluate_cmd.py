@@ -33,9 +33,9 @@ class EvalContext:
 def load_context(ckpt: str, data: str | None = None, split: str = "val", extractor: str = "classifier",
                  nll_samples: int | None = None) -> EvalContext:
     """Load a checkpoint and its evaluation data (shared by ``evaluate``, the demo and ``search``)."""
-    from orderlab.backbone import check_data_matches
-    from orderlab.checkpoint import load_checkpoint
     from orderlab.metrics import RealImages, TorchScriptFeatures, classifier_features
+    from orderlab.model.backbone import check_data_matches
+    from orderlab.train.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(ckpt)
     root = data or loaded.data.get("root")
@@ -67,10 +67,10 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
     The real features are cached in ``cache_dir`` (None: ``default_cache_dir()``); the data and checkpoint folders
     are only read.
     """
-    from orderlab.evaluation import evaluate_row, parse_row, write_table
+    from orderlab.analysis.evaluation import evaluate_row, parse_row, write_table
+    from orderlab.decoding.sampling import check_sampling_args
     from orderlab.metrics import default_cache_dir
     from orderlab.progress import progress_bar
-    from orderlab.sampling import check_sampling_args
 
     parsed = [parse_row(r) for r in rows]  # all rows are checked before any sampling
     if not parsed:

@@ -9,8 +9,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from orderlab.analysis.pictures import save_figure
 from orderlab.data.atomic import atomic_write_bytes
-from orderlab.viz import save_figure
 
 __all__ = ["write_report", "findings", "real_floor"]
 

@@ -73,7 +73,7 @@ def parse_canvas(spec: str, height: int, width: int) -> tuple[slice, slice]:
 def load_known(path: str, loaded) -> torch.Tensor:
     """(B, h, w) tokens from a .npy of tokens (h, w) or (B, h, w), or one image file (encoded by the checkpoint's
     tokenizer); h, w are the grid's or a smaller canvas's (see :func:`known_inputs`)."""
-    from orderlab.checkpoint import tokenizer_from_info
+    from orderlab.train.checkpoint import tokenizer_from_info
 
     cfg = loaded.config
     if not os.path.isfile(path):
@@ -174,11 +174,11 @@ def sample(*, ckpt: str, out: str = "samples.png", schedule: str = "random", ste
         precision: fp32, or bf16/fp16 autocast (the GPU setting).
         save_tokens: also write the sampled tokens as .npy.
     """
-    from orderlab.checkpoint import load_checkpoint
+    from orderlab.analysis.evaluation import save_grid
     from orderlab.data.atomic import atomic_write_bytes
-    from orderlab.decode import generate
-    from orderlab.evaluation import save_grid
-    from orderlab.sampling import check_sampling_args
+    from orderlab.decoding.decode import generate
+    from orderlab.decoding.sampling import check_sampling_args
+    from orderlab.train.checkpoint import load_checkpoint
 
     if num is not None and num < 1:
         raise ValueError(f"--num {num} must be at least 1")

@@ -39,7 +39,7 @@ def schedules(height: int = 16, width: int = 16, steps: int | None = None, out: 
     if steps is not None and not 1 <= steps <= n:
         raise ValueError(f"--steps {steps} is outside 1..N={n} for a {height}x{width} grid")
 
-    from orderlab.viz import plot_plan  # matplotlib only when pictures are wanted
+    from orderlab.analysis.pictures import plot_plan  # matplotlib only when pictures are wanted
 
     folder = Path(out)
     rows, plans = [], []

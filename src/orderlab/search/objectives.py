@@ -71,7 +71,7 @@ class InferenceObjective:
                              f"split {ev.get('split', 'val')!r}")
 
     def __call__(self, trial) -> list[float]:
-        from orderlab.evaluation import evaluate_row, parse_row
+        from orderlab.analysis.evaluation import evaluate_row, parse_row
         from orderlab.metrics import default_cache_dir
 
         values = {**self.spec.fixed, **suggest(trial, self.params)}
@@ -143,7 +143,7 @@ class TrainObjective:
 
     def check(self) -> None:
         """Configure (not train) one trial at each parameter's first value: a bad key fails before any trial."""
-        from orderlab.lightning_cli import build_cli
+        from orderlab.train.lightning_cli import build_cli
 
         values, raw = {**self.spec.fixed}, {}
         for p in self.params:  # each parameter at its first choice or its low end, conditions as suggest() has them
@@ -156,7 +156,7 @@ class TrainObjective:
             raise ValueError(f"search space / fit: {err}") from None
 
     def __call__(self, trial) -> list[float]:
-        from orderlab.lightning_cli import build_cli
+        from orderlab.train.lightning_cli import build_cli
 
         values = {**self.spec.fixed, **suggest(trial, self.params)}
         trial_dir = os.path.join(self.spec.out, "tensorboard", f"trial_{trial.number:04d}")

@@ -11,8 +11,8 @@ from typing import Any
 
 import optuna
 
+from orderlab.analysis.evaluation import write_table
 from orderlab.data.atomic import atomic_write_bytes
-from orderlab.evaluation import write_table
 
 __all__ = ["log_trial_hparams", "trial_rows", "write_reports"]
 

@@ -177,7 +177,7 @@ def _check_inference(params: dict[str, Param], fixed: dict[str, Any]) -> None:
             raise ValueError(f"space.{name}.low={p.low}: {name} is at least {least}")
         if p is not None and p.type == "float":
             raise ValueError(f"space.{name}.type=float: {name} is an int (use type: int)")
-    from orderlab.sampling import check_sampling_args
+    from orderlab.decoding.sampling import check_sampling_args
 
     for name in ("cfg_scale", "temperature", "top_k", "top_p", "cfg_schedule"):  # e.g. a negative guidance weight
         p = params.get(name)
@@ -214,7 +214,7 @@ def suggest(trial, params: list[Param]) -> dict[str, Any]:
 
 
 def inference_setting(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Trial values -> (a row mapping for :func:`orderlab.evaluation.parse_row`, sampling keyword arguments).
+    """Trial values -> (a row mapping for :func:`orderlab.analysis.evaluation.parse_row`, sampling keyword arguments).
 
     ``power: p`` becomes the size rule ``"power:p"`` (sizes proportional to ((t+1)/T)^p), so Optuna searches group
     sizes and not only step counts. Knobs a schedule lacks fail in ``parse_row``, naming the knob.

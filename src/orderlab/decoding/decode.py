@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from orderlab.jacobi import JACOBI_DECODERS, check_decoder_args, check_raster
-from orderlab.masks import step_cache_rows, step_mask
+from orderlab.decoding.jacobi import JACOBI_DECODERS, check_decoder_args, check_raster
+from orderlab.decoding.sampling import cfg_scales, sample_from_logits
+from orderlab.model.masks import step_cache_rows, step_mask
 from orderlab.plan import Plan
-from orderlab.sampling import cfg_scales, sample_from_logits
 from orderlab.schedule import Schedule, get_schedule
 from orderlab.seeding import check_seed, sample_generator
 
@@ -30,7 +30,7 @@ Pick = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 class DecodeInfo:
     """What a decode did: forward passes, the rows of each pass, the plans used, and acceptance statistics.
 
-    Plan decoding finalises one group per pass; the Jacobi decoders (orderlab.jacobi) decode a batch item by item
+    Plan decoding finalises one group per pass; the Jacobi decoders (orderlab.decoding.jacobi) decode a batch item by item
     and report, per forward pass (all samples in order): tokens made final, drafts verified, drafts accepted, the
     KV-cache length after the pass (condition rows included) and the running count of final tokens.
     """
@@ -181,7 +181,7 @@ def _plan_decoder(model, schedule, steps, labels, known, args: dict, sampling: d
 
 
 def _jacobi_decoder(name: str):
-    """Adapter from generate()'s arguments to a Jacobi decoder of orderlab.jacobi (raster models only)."""
+    """Adapter from generate()'s arguments to a Jacobi decoder of orderlab.decoding.jacobi (raster models only)."""
 
     def run(model, schedule, steps, labels, known, args: dict, sampling: dict):
         cfg = model.config
@@ -222,7 +222,7 @@ def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.T
         known: optional ``(tokens (B, H, W), mask (H, W) or (B, H, W) bool)`` for in/out-painting and editing: known
             tokens are prefilled into the cache and come back unchanged; the schedule orders only the rest.
         decoder: "plan" (one forward per step of the plan), or a training-free Jacobi decoder of a raster model,
-            "sjd" or "pjd" (orderlab.jacobi; the schedule must be raster with one token per step).
+            "sjd" or "pjd" (orderlab.decoding.jacobi; the schedule must be raster with one token per step).
         decoder_args: knobs of a Jacobi decoder, e.g. ``{"window": 8, "init": "repeat_left"}``; for "pjd" also
             ``row_lag`` and ``commit``.
         precision: "fp32", or "bf16"/"fp16" autocast on the labels' device (bf16 is the GPU setting of LlamaGen,

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from orderlab.sampling import cfg_scales, filter_logits
+from orderlab.decoding.sampling import cfg_scales, filter_logits
 from orderlab.schedule import get_schedule
 from orderlab.seeding import sample_generator
 
@@ -289,7 +289,7 @@ def _decode_one(model, labels: torch.Tensor, segments: list[tuple[int, int]], kn
 
 def _decode(model, labels: torch.Tensor, segments, knobs: dict, cfg_scale: float, cfg_schedule: str,
             temperature: float, top_k: int, top_p: float, seed: int, first_index: int, name: str):
-    from orderlab.decode import DecodeInfo  # decode.py imports this module for its decoder registry
+    from orderlab.decoding.decode import DecodeInfo  # decode.py imports this module for its decoder registry
 
     cfg = model.config
     model.check_labels(labels)
@@ -330,7 +330,7 @@ def sjd_decode(model, labels: torch.Tensor, *, window: int = 16, init: str = "ra
         init: how new draft slots start: "random" (uniform token) or "repeat_left" (copy the left neighbour,
             the token above at column 0); their q is one-hot (following SJD).
         cfg_scale, cfg_schedule, temperature, top_k, top_p, seed, first_index: as in
-            :func:`orderlab.decode.generate`.
+            :func:`orderlab.decoding.decode.generate`.
     """
     knobs = check_decoder_args("sjd", dict(window=window, init=init), model.config.width)
     knobs.update(row_lag=1, commit="exact")

@@ -3,7 +3,7 @@
 A content token is its embedding at its own grid position; a query token is one learned ``[MASK]`` embedding at
 its *target* position (2D RoPE, or a learned absolute embedding). Condition tokens (class, or the null class
 for classifier-free guidance) come first. The model imports nothing from schedules and knows nothing of orders:
-callers build masks with :mod:`orderlab.masks`.
+callers build masks with :mod:`orderlab.model.masks`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from orderlab.layers import Block, KVCache, RMSNorm, find_multiple, rope_tables
+from orderlab.model.layers import Block, KVCache, RMSNorm, find_multiple, rope_tables
 
 __all__ = ["ModelConfig", "PRESETS", "FlexTransformer", "build_model", "check_data_matches", "drop_labels"]
 
@@ -62,10 +62,10 @@ class ModelConfig:
     block: bool = True
     """Content tokens of one group see each other (LPD); False = causal inside the group."""
     arch: Literal["flex", "decoupled"] = "flex"
-    """flex: one stream of content + queries; decoupled: ARPG's two-pass model (see orderlab.decoupled)."""
+    """flex: one stream of content + queries; decoupled: ARPG's two-pass model (see orderlab.model.decoupled)."""
     attention: Literal["sdpa", "flex"] = "sdpa"
     """Attention kernel: SDPA with a dense mask, or FlexAttention with a block mask (compiled on CUDA; skips the
-    fully masked blocks of other groups' queries). Same numbers; see orderlab.layers.KERNELS."""
+    fully masked blocks of other groups' queries). Same numbers; see orderlab.model.layers.KERNELS."""
     query_depth: int | None = None
     """decoupled only: layers of the query stream (default depth // 2; the content stream gets the rest)."""
 
@@ -258,7 +258,7 @@ class FlexTransformer(_Base):
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The backbone named by ``config.arch``."""
-    from orderlab.decoupled import DecoupledTransformer
+    from orderlab.model.decoupled import DecoupledTransformer
 
     model = {"flex": FlexTransformer, "decoupled": DecoupledTransformer}[config.arch](config)
     for m in model.modules():

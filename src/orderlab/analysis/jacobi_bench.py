@@ -16,9 +16,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from orderlab.backbone import ModelConfig, build_model
-from orderlab.decode import generate, make_plans
-from orderlab.scoring import training_logits
+from orderlab.decoding.decode import generate, make_plans
+from orderlab.decoding.scoring import training_logits
+from orderlab.model.backbone import ModelConfig, build_model
 from orderlab.seeding import derive_seed
 
 __all__ = ["bench_jacobi", "toy_raster_data", "train_toy_raster_model", "DEFAULT_SETTINGS"]

@@ -1,6 +1,6 @@
 """Load a trained backbone (and what it needs to make pictures) from a Lightning checkpoint, without Lightning.
 
-A checkpoint written by :class:`orderlab.module.OrderModule` carries ``checkpoint["orderlab"]``: the backbone's
+A checkpoint written by :class:`orderlab.train.module.OrderModule` carries ``checkpoint["orderlab"]``: the backbone's
 config, the data's grid, vocabulary and tokenizer reference. That is all ``sample``, ``evaluate`` and
 ``search`` need; they never rebuild the LightningModule.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from orderlab.backbone import ModelConfig, build_model
+from orderlab.model.backbone import ModelConfig, build_model
 
 __all__ = ["Loaded", "load_checkpoint", "load_error", "tokenizer_from_info"]
 

@@ -23,9 +23,9 @@ from lightning.pytorch.cli import LightningCLI
 
 from orderlab.data.datamodule import OrderDataModule
 from orderlab.data.shards import ShardError
-from orderlab.module import OrderModule, check_data_matches
 from orderlab.plan import PlanError
 from orderlab.suggest import did_you_mean, suggest_for_message
+from orderlab.train.module import OrderModule, check_data_matches
 
 __all__ = ["CONFIG_ERRORS", "LastCheckpointLink", "OrderCLI", "build_cli", "run_lightning_cli"]
 
@@ -105,7 +105,7 @@ class OrderCLI(LightningCLI):
             raise _ConfigError(f"ckpt_path={path!r}: its saved model hyperparameters do not fit this config: "
                                f"{_one_line(err)}") from err
         except Exception as err:  # a text file, a truncated download, another program's pickle
-            from orderlab.checkpoint import load_error
+            from orderlab.train.checkpoint import load_error
 
             raise _ConfigError(f"ckpt_path={path!r} is not an orderlab checkpoint (cannot be read: "
                                f"{load_error(err)})") from err

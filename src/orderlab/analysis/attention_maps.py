@@ -29,13 +29,13 @@ from dataclasses import dataclass
 
 import torch
 
-from orderlab.decode import make_plans
-from orderlab.decoupled import DecoupledTransformer
-from orderlab.masks import training_mask
+from orderlab.decoding.decode import make_plans
+from orderlab.decoding.scoring import training_logits
+from orderlab.model.decoupled import DecoupledTransformer
+from orderlab.model.masks import training_mask
+from orderlab.model.probe import probe_attention
 from orderlab.plan import Plan
-from orderlab.probe import probe_attention
 from orderlab.schedule import Schedule
-from orderlab.scoring import training_logits
 
 __all__ = ["LocalityMaps", "attention_locality", "locality_from_weights", "query_layers", "map_share",
            "uniform_baseline", "content_offsets"]
@@ -181,7 +181,7 @@ def attention_locality(model, tokens: torch.Tensor, labels: torch.Tensor, plans:
         tokens: (B, H, W) real token ids.
         labels: (B,) class labels.
         plans: B plans with one shared list of sizes; or None and give ``schedule`` (+ ``steps``, ``seed``), which
-            plans sample i from ``sample_generator(seed, i)`` exactly like :func:`orderlab.decode.generate`.
+            plans sample i from ``sample_generator(seed, i)`` exactly like :func:`orderlab.decoding.decode.generate`.
         layers: indices into ``model.attention_modules()``, all query layers when None (see :func:`query_layers`).
         radius: Chebyshev radius r of the scalar share.
         chunk: samples per forward; the probe keeps (chunk, heads, L, L) weights per layer, so this bounds memory.

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from orderlab.data.atomic import atomic_write_bytes
-from orderlab.decode import generate
+from orderlab.decoding.decode import generate
+from orderlab.decoding.scoring import bits_per_token, token_logprobs
 from orderlab.schedule import get_schedule
-from orderlab.scoring import bits_per_token, token_logprobs
 from orderlab.seeding import sample_generator
 
 __all__ = ["Row", "parse_row", "evaluate_row", "nll_bits", "write_table", "image_grid", "save_grid", "TABLE_KEYS"]

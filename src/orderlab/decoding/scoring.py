@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from orderlab.decode import run_plans
-from orderlab.masks import training_mask, training_sequence
+from orderlab.decoding.decode import run_plans
+from orderlab.model.masks import training_mask, training_sequence
 from orderlab.plan import Plan
 
 __all__ = ["training_logits", "stepwise_logits", "token_logprobs", "bits_per_token"]

@@ -1,0 +1,1 @@
+"""Analysis: evaluation, attention maps, pictures and the Jacobi benchmark."""

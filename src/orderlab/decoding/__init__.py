@@ -1,0 +1,1 @@
+"""Decoding: generation under a Plan, the plan and Jacobi decoders, sampling and scoring."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, callbacks, the LightningCLI and checkpoint loading."""
