@@ -253,8 +253,16 @@ def test_a_trial_of_a_killed_search_is_failed_and_retried(tiny_ckpt, digits_root
     url = storage_url(None, str(out))
     # Optuna never fails a RUNNING trial that has no heartbeat row yet (its process may be starting it). The row is
     # written by a thread that starts just after the trial turns RUNNING, so a kill as soon as RUNNING is seen can
-    # come first on a busy machine; wait for the heartbeat itself. Bounds are generous: no machine speed is assumed.
+    # come first on a busy machine; wait for the heartbeat and the parameters themselves. Bounds are generous: no
+    # machine speed is assumed.
     storage = None
+
+    def ready(trial) -> bool:
+        # RUNNING, beating, and holding every parameter: the retry can only repeat parameters that were stored
+        # (a kill between the heartbeat and the last suggest left a trial with none, seen once under load)
+        return (trial.state == optuna.trial.TrialState.RUNNING and set(trial.params) == set(cfg["space"])
+                and _has_heartbeat(url, trial))
+
     try:
         deadline = time.monotonic() + 600
         trials = []
@@ -265,11 +273,11 @@ def test_a_trial_of_a_killed_search_is_failed_and_retried(tiny_ckpt, digits_root
                 storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
             if storage is not None:
                 trials = optuna.load_study(study_name="killed", storage=storage).trials
-                if trials and trials[0].state == optuna.trial.TrialState.RUNNING and _has_heartbeat(url, trials[0]):
+                if trials and ready(trials[0]):
                     break
             time.sleep(0.2)
-        if not (trials and trials[0].state == optuna.trial.TrialState.RUNNING and _has_heartbeat(url, trials[0])):
-            pytest.fail("the search never ran a trial with a heartbeat: " +
+        if not (trials and ready(trials[0])):
+            pytest.fail("the search never ran a trial with a heartbeat and its parameters: " +
                         (tmp_path / "search.log").read_text()[-2000:])
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
