@@ -33,6 +33,7 @@ def test_bench_decode_writes_rows(tmp_path):
     assert "| time(T=N)/time(T=N/8) | flex | 1 |" in md and "KV cache decoupled/flex" in md
 
 
+@pytest.mark.slow
 def test_peak_memory_is_measured():
     """Each row's peak covers at least its own KV cache (about 134 MiB here), and a tiny row's stays far below."""
     import orderlab.commands.bench_cmd as bc

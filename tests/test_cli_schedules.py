@@ -143,6 +143,8 @@ def test_schedules_command_writes_pictures_and_tables(tmp_path, capsys):
         assert name in printed
     md = (tmp_path / "schedules.md").read_text()
     assert md.count("\n| ") == len(names) + 1 and all(f"| {n} |" in md for n in names)
+    # what users read points at nothing outside the repository
+    assert not any(outside in md + printed for outside in ("references/", "../shared", "/work/"))
     report = json.loads((tmp_path / "schedules.json").read_text())
     assert (report["height"], report["width"], report["steps"], report["seed"]) == (8, 8, None, 0)
     assert [row["name"] for row in report["schedules"]] == names

@@ -29,6 +29,7 @@ def ckpt_step(path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
 
 
+@pytest.mark.slow
 def test_demo_tiny_end_to_end(digits_root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"
     cfg = tiny_experiment(tmp_path)
@@ -58,6 +59,7 @@ def test_demo_tiny_end_to_end(digits_root, tmp_path, monkeypatch, capsys):
     assert "Training: **4 of 4 steps**, resumed at step 3" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_demo_stopped_short_says_so_exits_1_and_a_rerun_finishes(digits_root, tmp_path, capsys):
     """A time limit that stops training early: the run says so, every verdict is 'not meaningful', the command exits
     1 after writing the report; the rerun continues from last.ckpt to max_steps."""

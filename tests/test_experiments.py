@@ -30,6 +30,7 @@ def test_experiments_exist():
         assert want in names, want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", YAMLS, ids=IDS)
 def test_experiment_runs(path, digits_root, tiny_ckpt, tmp_path):
     cfg = yaml.safe_load(path.read_text())

@@ -111,6 +111,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues_from_the_saved_step(digits_root, tmp_path):
     ckdir = tmp_path / "ck"
     args = [ORDERLAB, "fit", "--config", DEBUG, *fit_args(digits_root, tmp_path, 400),
@@ -140,6 +141,7 @@ def test_resume_after_kill_continues_from_the_saved_step(digits_root, tmp_path):
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == saved + 3
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_see_disjoint_data(digits_root, tmp_path):
     rec = tmp_path / "rec"
     args = [ORDERLAB, "fit", "--config", DEBUG, *fit_args(digits_root, tmp_path, 6),

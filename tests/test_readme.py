@@ -68,6 +68,7 @@ def test_readme_blocks_are_found():
     assert not any("version_" in w for c in commands for w in c)
 
 
+@pytest.mark.slow
 def test_readme_workflow_runs_as_written(tmp_path, monkeypatch, capsys):
     commands = readme_commands((ROOT / "README.md").read_text())
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")

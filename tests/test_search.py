@@ -175,14 +175,17 @@ def two_worker_search(tmp_path, ckpt, storage, n_trials=4):
     return trials
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tiny_ckpt, tmp_path):
     two_worker_search(tmp_path, tiny_ckpt, None)
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_real_postgresql_server(tiny_ckpt, tmp_path, postgres_url):
     two_worker_search(tmp_path, tiny_ckpt, postgres_url)
 
 
+@pytest.mark.slow
 def test_training_search_prunes_and_resumes(digits_root, tmp_path):
     out = tmp_path / "train"
     args = [a for a in tiny_fit_args(digits_root, out, 4)]
@@ -231,6 +234,7 @@ def _has_heartbeat(url, trial) -> bool:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_trial_of_a_killed_search_is_failed_and_retried(tiny_ckpt, digits_root, tmp_path):
     """SIGKILL a search mid-trial: the next run marks that trial FAIL (no heartbeat) and runs its parameters again."""
     import os
@@ -305,6 +309,7 @@ def test_a_trial_of_a_killed_search_is_failed_and_retried(tiny_ckpt, digits_root
     assert trials[1].params == trials[0].params and trials[1].system_attrs.get("failed_trial") == 0
 
 
+@pytest.mark.slow
 def test_training_search_shows_lightning_banners_and_warnings_at_most_once(digits_root, tmp_path):
     """A 2-trial training search run as a user runs it (a fresh process, output to a pipe): one line per trial, not
     Lightning's "GPU available"/tip banners and the same warnings again in every trial."""

@@ -56,6 +56,7 @@ def mnist_small():
     return torch.from_numpy(x[:1024]).float() / 255, torch.from_numpy(xv[:512]).float() / 255  # (N, 1, 28, 28)
 
 
+@pytest.mark.slow
 def test_vqvae_short_training_reconstructs_mnist_and_reloads(mnist_small, tmp_path):
     train, val = mnist_small
     vq, stats = train_vqvae(train, epochs=3, batch_size=32, lr=3e-3, seed=0, progress=False)

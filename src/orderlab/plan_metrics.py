@@ -1,6 +1,6 @@
 """Locality metrics of a Plan: how close each new token is to the context, and how close a group's members are.
 
-These are the numbers of references/schedules.md §6; they depend on the Plan only (no model, no data).
+They depend on the Plan only (no model, no data); each is defined in its docstring below.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ _OFFSETS = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc)
 
 
 def plan_metrics(plan: Plan) -> dict[str, float]:
-    """Locality metrics of a Plan (references/schedules.md §6).
+    """Locality metrics of a Plan.
 
-    Convention (the one that reproduces the reference table to its printed precision; e.g. 16x16 raster at T=20
-    with ``lpd`` sizes gives 1.16 / 2.51 / 289 / 1.00 and diagonal at T=31 gives 1.00 / 2.76 / 225 / 1.41):
+    Convention (the one that reproduces the published table of these metrics to its printed precision; e.g. 16x16
+    raster at T=20 with ``lpd`` sizes gives 1.16 / 2.51 / 289 / 1.00 and diagonal at T=31 gives 1.00 / 2.76 / 225 / 1.41):
 
     - A token of step t "sees" the tokens of steps < t; the known tokens (``plan.num_known``) count as generated
       before step 0. Tokens that see nothing (the first group when nothing is known) are *skipped* by both

@@ -103,7 +103,7 @@ def _markdown(rows: list[dict], height: int, width: int, steps: int | None, seed
     lines = [
         f"# Schedules: {_caption(height, width, steps, seed)}",
         "",
-        "Metrics as in `orderlab.plan_metrics` (references/schedules.md §6); `-` = undefined (no group of 2+).",
+        "Metrics as defined in `orderlab.plan_metrics`; `-` = undefined (no group of 2+).",
         "",
         "| " + " | ".join(_HEADERS) + " | picture |",
         "|" + "---|" * (len(_HEADERS) + 1),

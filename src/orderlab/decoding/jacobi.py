@@ -1,6 +1,6 @@
 """Training-free parallel decoding of raster models: SJD and a PJD-style 2-D mode (free functions taking the model).
 
-Facts followed (``/work/shared/references/schedules.md`` §3): SJD (Teng et al., arXiv 2410.01699) keeps a window
+Facts followed (the papers, and ``docs/jacobi.md``): SJD (Teng et al., arXiv 2410.01699) keeps a window
 of L positions after the committed prefix: L-1 draft tokens plus one fresh position; one forward gives the final
 sampling distribution p at every window position; drafts are accepted in order with probability min(1, p/q),
 the first rejection is resampled from normalize(max(p - q, 0)) and ends the pass, all accepted means the fresh
