@@ -2,7 +2,8 @@
 
 import torch
 
-from orderlab.model.backbone import ModelConfig, build_model
+from orderlab.model.config import ModelConfig
+from orderlab.model.registry import build_model
 
 # (arch, mutual, block, position): every knob setting where training and decoding are defined to agree
 KNOBS = [

@@ -11,7 +11,8 @@ import torch
 
 from orderlab.decoding.decode import generate, make_plans
 from orderlab.decoding.scoring import stepwise_logits, training_logits
-from orderlab.model.backbone import ModelConfig, build_model
+from orderlab.model.config import ModelConfig
+from orderlab.model.registry import build_model
 
 
 def _pair(arch, mutual):

@@ -4,9 +4,10 @@ from helpers import KNOBS, tiny_model
 
 from orderlab.decoding.decode import make_plans
 from orderlab.decoding.scoring import training_logits
-from orderlab.model.backbone import PRESETS, ModelConfig, build_model, drop_labels
+from orderlab.model.config import PRESETS, ModelConfig, drop_labels
 from orderlab.model.masks import training_mask, training_sequence
 from orderlab.model.probe import probe_attention
+from orderlab.model.registry import build_model
 
 H, W = 4, 5
 

@@ -37,7 +37,8 @@ def test_bench_decode_writes_rows(tmp_path):
 def test_peak_memory_is_measured():
     """Each row's peak covers at least its own KV cache (about 134 MiB here), and a tiny row's stays far below."""
     import orderlab.commands.bench_cmd as bc
-    from orderlab.model.backbone import ModelConfig, build_model
+    from orderlab.model.config import ModelConfig
+    from orderlab.model.registry import build_model
 
     big = build_model(ModelConfig(vocab_size=16, height=16, width=16, num_classes=1, depth=4, dim=256, heads=4))
     row = bc._isolated(big, "random", 4, 64, 1, "cpu", None, "fp32")

@@ -31,7 +31,7 @@ import torch
 
 from orderlab.decoding.decode import make_plans
 from orderlab.decoding.scoring import training_logits
-from orderlab.model.decoupled import DecoupledTransformer
+from orderlab.model.backbones.decoupled import DecoupledTransformer
 from orderlab.model.masks import training_mask
 from orderlab.model.probe import probe_attention
 from orderlab.plan import Plan

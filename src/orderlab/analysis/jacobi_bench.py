@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from orderlab.decoding.decode import generate, make_plans
 from orderlab.decoding.scoring import training_logits
-from orderlab.model.backbone import ModelConfig, build_model
+from orderlab.model.config import ModelConfig
+from orderlab.model.registry import build_model
 from orderlab.seeding import derive_seed
 
 __all__ = ["bench_jacobi", "toy_raster_data", "train_toy_raster_model", "DEFAULT_SETTINGS"]

@@ -18,7 +18,8 @@ import torch
 
 from orderlab.data.atomic import atomic_write_bytes
 from orderlab.decoding.decode import generate
-from orderlab.model.backbone import ModelConfig, build_model
+from orderlab.model.config import ModelConfig
+from orderlab.model.registry import build_model
 
 
 def _rss_mib() -> float:

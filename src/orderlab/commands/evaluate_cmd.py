@@ -34,7 +34,7 @@ def load_context(ckpt: str, data: str | None = None, split: str = "val", extract
                  nll_samples: int | None = None) -> EvalContext:
     """Load a checkpoint and its evaluation data (shared by ``evaluate``, the demo and ``search``)."""
     from orderlab.metrics import RealImages, TorchScriptFeatures, classifier_features
-    from orderlab.model.backbone import check_data_matches
+    from orderlab.model.config import check_data_matches
     from orderlab.train.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(ckpt)

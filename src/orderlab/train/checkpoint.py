@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from orderlab.model.backbone import ModelConfig, build_model
+from orderlab.model.config import ModelConfig
+from orderlab.model.registry import build_model
 
 __all__ = ["Loaded", "load_checkpoint", "load_error", "tokenizer_from_info"]
 

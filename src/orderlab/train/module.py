@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from orderlab import seeding
-from orderlab.model.backbone import ModelConfig, build_model, check_data_matches, drop_labels
+from orderlab.model.config import ModelConfig, check_data_matches, drop_labels
 from orderlab.model.masks import training_mask, training_sequence
+from orderlab.model.registry import build_model
 from orderlab.plan import Plan
 from orderlab.schedule import Schedule, get_schedule
 

@@ -3,7 +3,7 @@
 Pass 1 runs causal (or group-block) self-attention over ``[cond] + content``; its output is normalised and
 projected ONCE to a key/value set that every pass-2 layer shares. Pass 2 starts each query from the ``[MASK]``
 embedding at its target position and only cross-attends to that shared K/V. Queries never see each other, so the
-``mutual`` knob does not apply. It takes the same layouts and masks as :class:`~orderlab.model.backbone.FlexTransformer`
+``mutual`` knob does not apply. It takes the same layouts and masks as :class:`~orderlab.model.backbones.stream.FlexTransformer`
 (rows holding ``mask_id`` are queries) and decodes with the same loop; its cache holds the pass-1 layers plus one
 shared K/V instead of every layer.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orderlab.model.backbone import ModelConfig, _Base
+from orderlab.model.base import _Base
+from orderlab.model.config import ModelConfig
 from orderlab.model.layers import Block, KVCache, RMSNorm, SwiGLU, apply_rope, attend
 
 __all__ = ["DecoupledTransformer"]
