@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import torch
 
+from orderlab.decoding.info import DecodeInfo
 from orderlab.decoding.sampling import cfg_scales, filter_logits
 from orderlab.schedule import get_schedule
 from orderlab.seeding import sample_generator
@@ -289,8 +290,6 @@ def _decode_one(model, labels: torch.Tensor, segments: list[tuple[int, int]], kn
 
 def _decode(model, labels: torch.Tensor, segments, knobs: dict, cfg_scale: float, cfg_schedule: str,
             temperature: float, top_k: int, top_p: float, seed: int, first_index: int, name: str):
-    from orderlab.decoding.decode import DecodeInfo  # decode.py imports this module for its decoder registry
-
     cfg = model.config
     model.check_labels(labels)
     if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
