@@ -6,13 +6,22 @@ import math
 import statistics
 from typing import ClassVar
 
+import orderlab.schedules.locality as locality_mod
 import pytest
 import torch
+from helpers import UNKNOWN
 
+import orderlab.registry as registry_mod
 import orderlab.schedule as schedule_mod
-import orderlab.schedules.locality as locality_mod
 from orderlab import (
-    GeometricSchedule, Plan, PlanError, Schedule, fit_groups, get_schedule, list_schedules, plan_metrics,
+    GeometricSchedule,
+    Plan,
+    PlanError,
+    Schedule,
+    fit_groups,
+    get_schedule,
+    list_schedules,
+    plan_metrics,
     register_schedule,
 )
 from orderlab.sizes import LPD_TABLE
@@ -329,8 +338,8 @@ def test_empty_or_bad_grid(h, w, needle):
 
 def test_unknown_schedule_and_knob_list_the_choices():
     with pytest.raises(KeyError) as err:
-        get_schedule("spiral")
-    assert "'spiral'" in str(err.value) and all(name in str(err.value) for name in ALL)
+        get_schedule(UNKNOWN)
+    assert f"'{UNKNOWN}'" in str(err.value) and all(name in str(err.value) for name in ALL)
     with pytest.raises(TypeError) as err:
         get_schedule("locality", temperature=1.0)
     assert "'temperature'" in str(err.value)
@@ -341,7 +350,7 @@ def test_unknown_schedule_and_knob_list_the_choices():
     ({"sizes": [1, 2]}, None, "sum to 3 but N=4"),
     ({"sizes": [1, 1, 2]}, 2, "3 groups but steps=2"),
     ({"sizes": [2, 0, 2]}, None, "ints >= 1, got [2, 0, 2]"),
-    ({"sizes": "zigzag"}, 2, "unknown size rule 'zigzag'"),
+    ({"sizes": UNKNOWN}, 2, f"unknown size rule '{UNKNOWN}'"),
     ({"sizes": "power:abc"}, 2, "size rule 'power:abc'"),
 ])
 @pytest.mark.parametrize("name", ["raster", "random", "locality"])
@@ -352,9 +361,9 @@ def test_bad_sizes_are_named(name, knobs, steps, needle):
 
 
 @pytest.mark.parametrize("knobs, needle", [
-    ({"repulsion": -1}, "repulsion must be an int >= 0, got -1"),
-    ({"repulsion": 1.5}, "got 1.5"),
-    ({"repulsion": True}, "got True"),
+    ({"repulsion": -1}, "repulsion=-1 must be an int >= 0"),
+    ({"repulsion": 1.5}, "repulsion=1.5"),
+    ({"repulsion": True}, "repulsion=True"),
     ({"proximity": float("nan")}, "proximity must be a finite number >= 0, got nan"),
     ({"proximity": -0.5}, "got -0.5"),
     ({"fill": "nearest"}, "fill='nearest'"),
@@ -382,17 +391,27 @@ class _EntryPoint:
         return self._obj
 
 
+def _scratch_registry(monkeypatch):
+    """A copy of the schedule registry (built-ins loaded) that the test may change; entry points read anew."""
+    reg = schedule_mod.SCHEDULES
+    reg.names()
+    monkeypatch.setattr(reg, "_entries", dict(reg._entries))
+    monkeypatch.setattr(reg, "_loaded", False)
+    return reg
+
+
 def test_entry_point_plugin_is_registered_and_planned(monkeypatch):
-    monkeypatch.setattr(schedule_mod, "_REGISTRY", dict(schedule_mod._REGISTRY))
-    monkeypatch.setattr(schedule_mod, "_ENTRY_POINTS_LOADED", False)
+    _scratch_registry(monkeypatch)
     seen_groups = []
 
     def fake_entry_points(*, group):
         seen_groups.append(group)
         return [_EntryPoint("columns", _Columns), _EntryPoint("not_a_schedule", dict)]
 
-    monkeypatch.setattr(schedule_mod.metadata, "entry_points", fake_entry_points)
-    assert "columns" in list_schedules() and "not_a_schedule" not in list_schedules()
+    monkeypatch.setattr(registry_mod.metadata, "entry_points", fake_entry_points)
+    with pytest.warns(UserWarning, match="schedule plugin 'not_a_schedule'.*not a Schedule subclass"):
+        assert "columns" in list_schedules()  # a broken plugin is skipped with a warning, the others load
+    assert "not_a_schedule" not in list_schedules()
     assert seen_groups == ["orderlab.schedules"]  # read once, from the documented group
     plan = get_schedule("columns").plan(3, 4)
     check_plan(plan, 3, 4, None)
@@ -401,7 +420,7 @@ def test_entry_point_plugin_is_registered_and_planned(monkeypatch):
 
 
 def test_register_schedule_rejects_duplicates_and_non_schedules(monkeypatch):
-    monkeypatch.setattr(schedule_mod, "_REGISTRY", dict(schedule_mod._REGISTRY))
+    reg = _scratch_registry(monkeypatch)
 
     @dataclasses.dataclass(frozen=True)
     class Impostor(Schedule):
@@ -409,8 +428,8 @@ def test_register_schedule_rejects_duplicates_and_non_schedules(monkeypatch):
 
     with pytest.raises(ValueError, match="'raster' is taken"):
         register_schedule("raster")(Impostor)
-    assert schedule_mod._REGISTRY["raster"] is not Impostor
+    assert reg.get("raster") is not Impostor
     with pytest.raises(TypeError, match="not a Schedule subclass"):
         register_schedule("thing")(dict)
-    cls = schedule_mod._REGISTRY["raster"]
+    cls = reg.get("raster")
     assert register_schedule("raster")(cls) is cls  # re-registering the same class is harmless

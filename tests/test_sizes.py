@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from helpers import UNKNOWN
 
 import orderlab.sizes as sizes_mod
 from orderlab import PlanError, list_size_rules, register_size_rule, resolve_sizes
@@ -104,7 +105,7 @@ def test_explicit_lists():
     ("uniform", 64, True, "steps must be an int, got True"),
     ("uniform", 64, 2.0, "steps must be an int, got 2.0"),
     ("cosine", 64, None, "size rule 'cosine' needs a step budget"),
-    ("fibonacci", 64, 4, "unknown size rule 'fibonacci'"),
+    (UNKNOWN, 64, 4, f"unknown size rule '{UNKNOWN}'"),
     ("power:x", 64, 4, "size rule 'power:x'"),
     ("power:inf", 64, 4, "exponent must be finite"),
     ("cosine:2", 64, 4, "size rule 'cosine:2'"),
@@ -119,7 +120,7 @@ def test_bad_specs_are_named(spec, n, steps, needle):
 
 
 def test_register_size_rule(monkeypatch):
-    monkeypatch.setattr(sizes_mod, "_RULES", dict(sizes_mod._RULES))
+    monkeypatch.setattr(sizes_mod.SIZE_RULES, "_entries", dict(sizes_mod.SIZE_RULES._entries))  # a scratch copy
 
     @register_size_rule("front")
     def front(n, steps):
@@ -128,5 +129,5 @@ def test_register_size_rule(monkeypatch):
     assert "front" in list_size_rules()
     assert resolve_sizes("front", 10, 3) == (8, 1, 1)
     assert register_size_rule("front")(front) is front  # the same function twice is harmless
-    with pytest.raises(ValueError, match="'cosine' is already registered"):
+    with pytest.raises(ValueError, match="size rule name 'cosine' is taken by orderlab.sizes.cosine"):
         register_size_rule("cosine")(front)

@@ -9,17 +9,17 @@ dataclasses whose fields are their knobs; they are pure, run on the CPU and draw
 from __future__ import annotations
 
 import dataclasses
-from importlib import metadata
 from typing import Any, ClassVar
 
 import torch
 
 from orderlab.plan import Plan, PlanError
+from orderlab.registry import Registry
 from orderlab.sizes import SizeSpec, resolve_sizes
 
 __all__ = [
     "Schedule", "OrderSchedule", "GeometricSchedule", "fit_groups",
-    "register_schedule", "get_schedule", "list_schedules", "schedule_class", "ENTRY_POINT_GROUP",
+    "register_schedule", "get_schedule", "list_schedules", "schedule_class", "ENTRY_POINT_GROUP", "SCHEDULES",
 ]
 
 ENTRY_POINT_GROUP = "orderlab.schedules"
@@ -143,54 +143,30 @@ def fit_groups(groups: list[torch.Tensor], steps: int) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, type[Schedule]] = {}
-_ENTRY_POINTS_LOADED = False
+def _check_schedule(cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Schedule)):
+        raise TypeError(f"{cls!r} is not a Schedule subclass")
+
+
+# built-ins come from importing orderlab.schedules on the first lookup (its modules import this one)
+SCHEDULES: Registry[type[Schedule]] = Registry("schedule", entry_point_group=ENTRY_POINT_GROUP,
+                                               builtins="orderlab.schedules", check=_check_schedule,
+                                               name_attr="name")
 
 
 def register_schedule(name: str):
     """Class decorator: register a Schedule subclass under a short name (duplicates are an error)."""
-
-    def deco(cls: type[Schedule]) -> type[Schedule]:
-        if not (isinstance(cls, type) and issubclass(cls, Schedule)):
-            raise TypeError(f"{cls!r} is not a Schedule subclass")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"schedule name {name!r} is taken by {_REGISTRY[name].__module__}."
-                             f"{_REGISTRY[name].__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_plugins() -> None:
-    global _ENTRY_POINTS_LOADED
-    import orderlab.schedules  # noqa: F401  (registers the built-ins)
-
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        if isinstance(cls, type) and issubclass(cls, Schedule) and _REGISTRY.get(ep.name) is not cls:
-            register_schedule(ep.name)(cls)
+    return SCHEDULES.register(name)
 
 
 def list_schedules() -> list[str]:
     """Names of every registered schedule (built-ins and entry-point plugins), sorted."""
-    _load_plugins()
-    return sorted(_REGISTRY)
+    return SCHEDULES.names()
 
 
 def schedule_class(name: str) -> type[Schedule]:
-    """The class registered under ``name``; an unknown name lists the choices."""
-    _load_plugins()
-    if name not in _REGISTRY:
-        from orderlab.suggest import did_you_mean
-
-        raise KeyError(f"unknown schedule {name!r}{did_you_mean(str(name), _REGISTRY)} (choose one of "
-                       f"{sorted(_REGISTRY)})")
-    return _REGISTRY[name]
+    """The class registered under ``name``; an unknown name raises UnknownNameError (a KeyError) with the choices."""
+    return SCHEDULES.get(name)
 
 
 def get_schedule(name: str | Schedule, **knobs: Any) -> Schedule:

@@ -1,8 +1,8 @@
 """Group-size rules: how many tokens each of T steps generates, separate from *which* tokens.
 
 A rule maps (N, T) to T positive ints summing to N, for any 1 <= T <= N. Rules are named in a registry
-(``register_size_rule``); a schedule's ``sizes`` knob is a rule name, ``"name:arg"`` for a rule with a
-parameter (``"power:1.5"``), or an explicit list of ints.
+(``register_size_rule``, or the entry-point group ``orderlab.size_rules``); a schedule's ``sizes`` knob is a rule
+name, ``"name:arg"`` for a rule with a parameter (``"power:1.5"``), or an explicit list of ints.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from orderlab.plan import PlanError
+from orderlab.registry import Registry, UnknownNameError
 
-__all__ = ["SizeSpec", "register_size_rule", "list_size_rules", "resolve_sizes", "LPD_TABLE"]
+__all__ = ["SizeSpec", "register_size_rule", "list_size_rules", "resolve_sizes", "LPD_TABLE", "SIZE_RULES"]
 
 SizeSpec = str | Sequence[int]
 SizeRule = Callable[..., list[int]]
-_RULES: dict[str, SizeRule] = {}
+# the built-in rules are defined below in this module; other packages add theirs through the entry points
+SIZE_RULES: Registry[SizeRule] = Registry("size rule", entry_point_group="orderlab.size_rules")
 
 # LPD's hand-tabulated budgets (lpd/orders/group_sizes_lookup.json), keyed by (N, T). Following LPD.
 LPD_TABLE: dict[tuple[int, int], tuple[int, ...]] = {
@@ -32,19 +34,12 @@ LPD_TABLE: dict[tuple[int, int], tuple[int, ...]] = {
 
 def register_size_rule(name: str) -> Callable[[SizeRule], SizeRule]:
     """Decorator: make ``fn(n, steps[, arg])`` available as the size rule ``name``."""
-
-    def deco(fn: SizeRule) -> SizeRule:
-        if name in _RULES and _RULES[name] is not fn:
-            raise ValueError(f"size rule {name!r} is already registered")
-        _RULES[name] = fn
-        return fn
-
-    return deco
+    return SIZE_RULES.register(name)
 
 
 def list_size_rules() -> list[str]:
     """Registered size-rule names, sorted."""
-    return sorted(_RULES)
+    return SIZE_RULES.names()
 
 
 def _check_budget(n: int, steps: int) -> None:
@@ -74,12 +69,14 @@ def resolve_sizes(spec: SizeSpec, n: int, steps: int | None) -> tuple[int, ...]:
             raise PlanError(f"explicit sizes sum to {sum(sizes)} but N={n} (sizes={list(sizes)})")
         return sizes
     name, _, arg = spec.partition(":")
-    if name not in _RULES:
-        raise PlanError(f"unknown size rule {spec!r}; choose one of {list_size_rules()} or give a list of ints")
+    try:
+        rule = SIZE_RULES.get(name)
+    except UnknownNameError as err:  # a PlanError, as every other impossible size spec
+        raise PlanError(f"{err} or give a list of ints") from None
     if steps is None:
         raise PlanError(f"size rule {spec!r} needs a step budget")
     _check_budget(n, steps)
-    return _rule_sizes(_RULES[name], spec, arg, n, steps)
+    return _rule_sizes(rule, spec, arg, n, steps)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -22,12 +22,19 @@ import torch
 from orderlab.data import shards
 from orderlab.data.atomic import default_mode
 from orderlab.data.sources import (
-    FASHION_DIR, SourceError, list_image_folder, load_digits_images, load_idx_pair, load_image_folder, mnist_dir,
+    FASHION_DIR,
+    SourceError,
+    list_image_folder,
+    load_digits_images,
+    load_idx_pair,
+    load_image_folder,
+    mnist_dir,
 )
+from orderlab.registry import Registry
 
 __all__ = [
     "PrepareOptions", "Prepared", "register_dataset", "list_datasets", "prepare_dataset", "write_dataset",
-    "seeded_split", "existing_preparation", "preparation_record",
+    "seeded_split", "existing_preparation", "preparation_record", "DATASETS",
 ]
 
 TOKENIZER_FILE = "tokenizer.pt"
@@ -82,24 +89,18 @@ class OutputExistsError(FileExistsError, ValueError):
 
 
 Preparer = Callable[[PrepareOptions, str], Prepared]
-_REGISTRY: dict[str, Preparer] = {}
+# the built-in preparers are defined below in this module; other packages add theirs through the entry points
+DATASETS: Registry[Preparer] = Registry("dataset", entry_point_group="orderlab.datasets")
 
 
 def register_dataset(name: str) -> Callable[[Preparer], Preparer]:
     """Decorator: register ``fn(options, workdir) -> Prepared`` under ``name``."""
-
-    def deco(fn: Preparer) -> Preparer:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"dataset name {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
     """Registered dataset names, sorted."""
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -211,14 +212,13 @@ def prepare_dataset(name: str, out: str, options: PrepareOptions | None = None, 
     renamed to ``out``; on any error the temporary folder is removed and ``out`` is left as it was.
     """
     opts = options or PrepareOptions()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; choose one of {list_datasets()}")
+    preparer = DATASETS.get(name)  # an unknown name fails here, before any work
     if num_shards < 1:
         raise ValueError(f"num_shards={num_shards} must be >= 1 (ranks x loader workers need one shard each)")
 
     def fill(work: str) -> dict[str, Any]:
         t0 = time.perf_counter()
-        prep = _REGISTRY[name](opts, work)  # may save a tokenizer checkpoint into work
+        prep = preparer(opts, work)  # may save a tokenizer checkpoint into work
         return _finish(work, name, prep, t0, num_shards,
                        {"seed": opts.seed, "prepare_options": preparation_record(name, opts, num_shards)})
 

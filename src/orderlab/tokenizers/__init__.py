@@ -6,7 +6,13 @@ reference.
 """
 
 from orderlab.tokenizers.base import (
-    Tokenizer, TokenizerError, list_tokenizers, load_tokenizer, register_tokenizer, seeded_init_, tokenizer_class,
+    Tokenizer,
+    TokenizerError,
+    list_tokenizers,
+    load_tokenizer,
+    register_tokenizer,
+    seeded_init_,
+    tokenizer_class,
 )
 from orderlab.tokenizers.llamagen import LlamaGenVQ
 from orderlab.tokenizers.pixel import PixelTokenizer

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from orderlab.data.atomic import atomic_torch_save
+from orderlab.registry import Registry
 
 __all__ = [
     "Tokenizer", "TokenizerError", "register_tokenizer", "tokenizer_class", "list_tokenizers", "load_tokenizer",
-    "seeded_init_", "CHECKPOINT_FORMAT",
+    "seeded_init_", "CHECKPOINT_FORMAT", "TOKENIZERS",
 ]
 
 CHECKPOINT_FORMAT = "orderlab-tokenizer-v1"
@@ -115,8 +116,7 @@ class Tokenizer(nn.Module):
                                  "state_dict: torch.save(torch.load(path, weights_only=False)['model'], new_path)"
                                  ) from exc
         if not (isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT):
-            _load_builtins()
-            for kind in ([cls] if cls is not Tokenizer else list(_REGISTRY.values())):
+            for kind in ([cls] if cls is not Tokenizer else [c for _, c in TOKENIZERS.items()]):
                 tok = kind._from_foreign(ckpt, path)
                 if tok is not None:
                     return tok.eval()
@@ -136,38 +136,30 @@ class Tokenizer(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, type[Tokenizer]] = {}
+def _check_tokenizer(cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):
+        raise TypeError(f"{cls!r} is not a Tokenizer subclass")
+
+
+# built-ins (pixel, vqvae, llamagen) come from importing orderlab.tokenizers on the first lookup
+TOKENIZERS: Registry[type[Tokenizer]] = Registry("tokenizer", entry_point_group="orderlab.tokenizers",
+                                                 builtins="orderlab.tokenizers", check=_check_tokenizer,
+                                                 name_attr="name")
 
 
 def register_tokenizer(name: str):
     """Class decorator: register a Tokenizer subclass under a short name."""
-
-    def deco(cls: type[Tokenizer]) -> type[Tokenizer]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"tokenizer name {name!r} is taken by {_REGISTRY[name].__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_builtins() -> None:
-    import orderlab.tokenizers  # noqa: F401  (registers pixel, vqvae, llamagen)
+    return TOKENIZERS.register(name)
 
 
 def list_tokenizers() -> list[str]:
     """Registered tokenizer names, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return TOKENIZERS.names()
 
 
 def tokenizer_class(name: str) -> type[Tokenizer]:
-    """The class registered under ``name``; an unknown name lists the choices."""
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown tokenizer {name!r}; choose one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    """The class registered under ``name``; an unknown name raises UnknownNameError (a KeyError) with the choices."""
+    return TOKENIZERS.get(name)
 
 
 def load_tokenizer(ref: dict[str, Any], root: str = ".") -> Tokenizer:

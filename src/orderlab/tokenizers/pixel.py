@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from orderlab.checks import check_positive_int
 from orderlab.tokenizers.base import Tokenizer, TokenizerError, register_tokenizer
 
 __all__ = ["PixelTokenizer"]
@@ -29,8 +30,7 @@ class PixelTokenizer(Tokenizer):
         super().__init__()
         for key, v, lo in (("levels", levels, 2), ("height", height, 1), ("width", width, 1),
                            ("channels", channels, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise TokenizerError(f"pixel tokenizer: {key} must be an int >= {lo}, got {v!r}")
+            check_positive_int(v, f"pixel tokenizer: {key}", minimum=lo, error=TokenizerError)
         self.levels, self.height, self.width, self.channels = levels, height, width, channels
 
     @property
