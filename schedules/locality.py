@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from orderlab.checks import check_positive_int
 from orderlab.plan import PlanError
 from orderlab.schedule import Schedule, register_schedule
 from orderlab.sizes import SizeSpec, resolve_sizes
@@ -48,8 +49,7 @@ class Locality(Schedule):
     def __post_init__(self) -> None:
         if not (isinstance(self.proximity, (int, float)) and math.isfinite(self.proximity) and self.proximity >= 0):
             raise PlanError(f"locality: proximity must be a finite number >= 0, got {self.proximity!r}")
-        if isinstance(self.repulsion, bool) or not isinstance(self.repulsion, int) or self.repulsion < 0:
-            raise PlanError(f"locality: repulsion must be an int >= 0, got {self.repulsion!r}")
+        check_positive_int(self.repulsion, "locality: repulsion", minimum=0, error=PlanError)
         if self.fill not in _FILLS:
             raise PlanError(f"locality: fill={self.fill!r} is not one of {list(_FILLS)}")
 

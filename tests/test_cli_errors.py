@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import tiny_fit_args
+from helpers import UNKNOWN
 
 from orderlab.cli import LIGHTNING_COMMANDS, main, subcommands
 
@@ -61,14 +62,14 @@ def text_file(tmp_path):
 # ------------------------------------------------------------------------------------------------ the rows
 @pytest.mark.parametrize("num", ["0", "-5"])
 def test_sample_num_below_one(tiny_ckpt, tmp_path, capsys, num):
-    fails(["sample", "--ckpt", tiny_ckpt, "--num", num, "--out", tmp_path / "o" / "s.png"], capsys, f"--num {num}")
+    fails(["sample", "--ckpt", tiny_ckpt, "--num", num, "--out", tmp_path / "o" / "s.png"], capsys, f"--num={num}")
     assert not (tmp_path / "o").exists()
 
 
 def test_evaluate_negative_num_samples_leaves_no_folder(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "eval"
     fails(["evaluate", "--ckpt", tiny_ckpt, "--rows", "[random:4]", "--num_samples", "-3", "--out", out], capsys,
-          "--num_samples -3")
+          "--num_samples=-3")
     assert not out.exists()
 
 
@@ -130,7 +131,7 @@ def test_fit_shard_that_breaks_while_training_is_one_line(digits_root, tmp_path,
 
 @pytest.mark.parametrize("flag, value, needle", [
     ("--cfg", "-1", "--cfg=-1.0"), ("--temperature", "-0.5", "--temperature=-0.5"), ("--top_k", "-1", "--top_k=-1"),
-    ("--top_p", "0", "--top_p=0.0"), ("--top_p", "1.5", "--top_p=1.5"), ("--cfg_schedule", "cosine", "'cosine'"),
+    ("--top_p", "0", "--top_p=0.0"), ("--top_p", "1.5", "--top_p=1.5"), ("--cfg_schedule", UNKNOWN, f"'{UNKNOWN}'"),
 ])
 def test_sample_bad_sampling_knob(tiny_ckpt, tmp_path, capsys, flag, value, needle):
     fails(["sample", "--ckpt", tiny_ckpt, flag, value, "--num", "2", "--out", tmp_path / "s.png"], capsys, needle)

@@ -169,7 +169,7 @@ def test_schedules_command_budget_and_seed(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--steps", "65"], "--steps 65 is outside 1..N=64"),
     (["--steps", "0"], "--steps 0 is outside 1..N=64"),
-    (["--height", "0"], "--height must be an int >= 1, got 0"),
+    (["--height", "0"], "--height=0 must be an int >= 1"),
 ])
 def test_schedules_command_bad_input_is_one_clear_line(tmp_path, args, needle, capsys):
     argv = ["schedules", "--height", "8", "--width", "8", "--out", str(tmp_path), *args]

@@ -12,7 +12,7 @@ import webdataset as wds
 
 from orderlab.data.atomic import sha256_file
 from orderlab.data.datamodule import OrderDataModule, plan_rank
-from orderlab.data.datasets import Prepared, PrepareOptions, prepare_dataset, seeded_split, write_dataset
+from orderlab.data.datasets import Prepared, seeded_split, write_dataset
 from orderlab.data.shards import MANIFEST, ShardError, load_split, read_manifest
 from orderlab.data.sources import load_digits_images
 
@@ -206,7 +206,7 @@ def test_bad_label_and_manifest_fields(digits_copy):
     with pytest.raises(ShardError, match=r"class label 10 outside \[0, 10\)"):
         load_split(digits_copy, "val")
     m = json.load(open(os.path.join(digits_copy, MANIFEST)))
-    for key, value, message in (("grid", [8], "grid must be"), ("vocab_size", "17", "vocab_size must be"),
+    for key, value, message in (("grid", [8], "grid must be"), ("vocab_size", "17", "vocab_size='17' must be"),
                                 ("token_dtype", "int8", "token_dtype .int8. does not fit vocab_size 17"),
                                 ("format", "v0", "format 'v0'")):
         json.dump({**m, key: value}, open(os.path.join(digits_copy, MANIFEST), "w"))

@@ -1,11 +1,11 @@
 """The demo end to end with a tiny budget, and the evaluate/sample commands with their errors."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import UNKNOWN
 
 from orderlab.analysis.evaluation import parse_row
 from orderlab.cli import main
@@ -141,8 +141,8 @@ def test_findings_state_whether_the_anchor_claims_hold():
 def test_rows_parse_and_fail_clearly():
     assert parse_row("locality:8").steps == 8 and parse_row("diagonal").steps is None
     assert parse_row({"schedule": "locality", "steps": 4, "knobs": {"repulsion": 1}}).knobs == {"repulsion": 1}
-    with pytest.raises(KeyError, match="spiral"):
-        parse_row("spiral:8")
+    with pytest.raises(KeyError, match=UNKNOWN):
+        parse_row(f"{UNKNOWN}:8")
     with pytest.raises(ValueError, match="locality:x"):
         parse_row("locality:x")
     with pytest.raises(ValueError, match="stepz"):
@@ -179,7 +179,7 @@ def test_evaluate_and_sample_commands(tiny_ckpt, digits_root, tmp_path, capsys):
     assert "decoder sjd" in capsys.readouterr().out
     assert (np.load(tmp_path / "sjd.npy") == np.load(tmp_path / "ar.npy")).all()
     for bad, word in ((["--region", "rows=4:9", "--known", str(tmp_path / "s.npy")], "rows=4:9"),
-                      (["--schedule", "spiral"], "spiral"), (["--steps", "65"], "65"), (["--label", "10"], "10"),
+                      (["--schedule", UNKNOWN], UNKNOWN), (["--steps", "65"], "65"), (["--label", "10"], "10"),
                       (["--decoder_args", "{window: 4}"], "decoder_args"),
                       (["--decoder", "sjd", "--schedule", "raster", "--decoder_args", "{windw: 4}"], "windw")):
         with pytest.raises(SystemExit):

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import tiny_fit_args
 
 ROOT = Path(__file__).resolve().parents[1]

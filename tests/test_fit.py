@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_fit_args
-from orderlab.train.checkpoint import load_checkpoint
+from helpers import UNKNOWN
+
 from orderlab.decoding.decode import generate
+from orderlab.train.checkpoint import load_checkpoint
 from orderlab.train.lightning_cli import run_lightning_cli
 from orderlab.train.module import OrderModule, default_budgets, lr_factor
 
@@ -37,7 +38,7 @@ def _fit_error(capsys, digits_root, tmp_path, *extra):
 
 
 @pytest.mark.parametrize("extra, key", [
-    (["--model.train_schedule", "spiral"], "spiral"),
+    (["--model.train_schedule", UNKNOWN], UNKNOWN),
     (["--model.bogus_key", "1"], "bogus_key"),
     (["--model.budgets", "[8, 100]"], "model.budgets"),
     (["--model.backbone.height", "7"], "model.backbone.height"),
@@ -50,7 +51,8 @@ def test_config_mistakes_fail_in_one_line_naming_the_key(capsys, digits_root, tm
 
 
 def test_unknown_schedule_lists_the_choices(capsys, digits_root, tmp_path):
-    line = _fit_error(capsys, digits_root, tmp_path, "--model.train_schedule", "spiral")
+    line = _fit_error(capsys, digits_root, tmp_path, "--model.train_schedule", UNKNOWN)
+    assert UNKNOWN in line
     for name in ("locality", "random", "raster"):
         assert name in line
 

@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from orderlab.metrics import (
-    ClassifierFeatures, ImageMetrics, RealImages, TorchScriptFeatures, asset_path, extract_features,
-    format_metrics, image_metrics, load_extractor, precision_recall,
+    ClassifierFeatures,
+    ImageMetrics,
+    RealImages,
+    TorchScriptFeatures,
+    asset_path,
+    extract_features,
+    format_metrics,
+    image_metrics,
+    load_extractor,
+    precision_recall,
 )
 from orderlab.metrics.features import MAX_FEATURES, FeatureCNN
 

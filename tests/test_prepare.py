@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import UNKNOWN
 
 from orderlab.cli import main
 from orderlab.data.datamodule import OrderDataModule
@@ -49,8 +50,8 @@ def test_cli_prepares_digits(tmp_path, capsys):
         main(["prepare", "digits", "--out", str(out), "--progress", "false"])
     assert exit_info.value.code == 2 and f"{out} already exists" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["prepare", "cifar", "--out", str(tmp_path / "c")])
-    assert "unknown dataset 'cifar'; choose one of" in capsys.readouterr().err
+        main(["prepare", UNKNOWN, "--out", str(tmp_path / "c")])
+    assert f"unknown dataset '{UNKNOWN}'; choose one of" in capsys.readouterr().err
 
 
 def test_same_seed_gives_byte_identical_shards(tmp_path):

@@ -138,7 +138,7 @@ def test_bad_known_inputs_are_one_line_errors(tiny_ckpt, tmp_path, first, capsys
     assert "nothing to generate" in _refused(capsys, tiny_ckpt, bad, "--known", ok)
     assert "--canvas 'rows=2:6,rows=1:3'" in _refused(capsys, tiny_ckpt, bad, "--known", ok, "--canvas",
                                                       "rows=2:6,rows=1:3")
-    assert "--num 0" in _refused(capsys, tiny_ckpt, bad, "--known", ok, "--region", "rows=4:8", "--num", "0")
+    assert "--num=0" in _refused(capsys, tiny_ckpt, bad, "--known", ok, "--region", "rows=4:8", "--num", "0")
 
 
 def test_parse_canvas_and_known_inputs():

@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-
 from conftest import tiny_fit_args
+
 from orderlab.cli import main
 from orderlab.search import make_spec, run_search
 from orderlab.search.space import inference_setting

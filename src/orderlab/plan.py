@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from orderlab.checks import check_positive_int
+
 __all__ = ["Plan", "PlanError"]
 
 
@@ -37,8 +39,8 @@ class Plan:
 
     def __post_init__(self) -> None:
         h, w = self.height, self.width
-        if not (isinstance(h, int) and isinstance(w, int)) or h < 1 or w < 1:
-            raise PlanError(f"grid must be at least 1x1 integers, got height={h!r} width={w!r}")
+        check_positive_int(h, "height", error=PlanError)
+        check_positive_int(w, "width", error=PlanError)
         n = h * w
         order = torch.as_tensor(self.order)
         if order.dtype != torch.long:
@@ -56,8 +58,7 @@ class Plan:
             missing = torch.nonzero(~seen).flatten()[:5].tolist()
             raise PlanError(f"order is not a permutation of range({n}): positions {missing} are missing")
         k = self.num_known
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
-            raise PlanError(f"num_known must be an int in [0, {n}), got {k!r}")
+        check_positive_int(k, "num_known", minimum=0, maximum=n - 1, error=PlanError)
         sizes = tuple(int(s) for s in self.sizes)
         if not sizes or any(s < 1 for s in sizes):
             raise PlanError(f"sizes must be a non-empty list of ints >= 1, got sizes={list(sizes)}")

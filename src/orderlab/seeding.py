@@ -24,9 +24,14 @@ import hashlib
 
 import torch
 
-__all__ = ["derive_seed", "generator", "sample_seed", "sample_generator", "check_seed"]
+__all__ = ["derive_seed", "generator", "sample_seed", "sample_generator", "check_seed", "SEED_BITS", "PICTURE_SAMPLE"]
 
-_MASK = (1 << 63) - 1  # torch.Generator.manual_seed takes up to 64 bits; 63 keep every seed a positive int64
+SEED_BITS = 63  # torch.Generator.manual_seed takes up to 64 bits; 63 keep every derived seed a positive int64
+_DIGEST_BYTES = 8  # BLAKE2b digest size: 64 bits, of which the low SEED_BITS are kept
+_MASK = (1 << SEED_BITS) - 1
+# the sample index whose generator plans a lone picture of a schedule (``orderlab schedules``, the OrderPictures
+# callback): it is sample 0 of ``orderlab sample --seed s``, so the picture shows the plan that sample was drawn with
+PICTURE_SAMPLE = 0
 
 
 def check_seed(seed) -> int:
@@ -42,7 +47,7 @@ def derive_seed(seed: int, stream: str, *index: int) -> int:
     for i in index:
         check_seed(i)
     key = ":".join([str(seed), stream, *(str(i) for i in index)]).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & _MASK
+    return int.from_bytes(hashlib.blake2b(key, digest_size=_DIGEST_BYTES).digest(), "little") & _MASK
 
 
 def generator(seed: int, stream: str, *index: int) -> torch.Generator:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -15,7 +13,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from orderlab.data.atomic import default_mode
+from orderlab.data.atomic import atomic_savefig
 from orderlab.plan import Plan
 
 __all__ = ["plot_plan", "save_figure"]
@@ -56,18 +54,7 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> str:
 
     Readers (TensorBoard, a browser, a concurrent run) therefore never see a half-written file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.chmod(tmp, default_mode())  # mkstemp makes it 0600: give it the mode open() would (umask applied)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return str(path)
+    return atomic_savefig(fig, path, format="png")
 
 
 def _draw(plan: Plan, ax: Axes, title: str | None) -> None:

@@ -19,7 +19,7 @@ import torch
 from orderlab.data.atomic import atomic_write_bytes
 from orderlab.decoding.decode import generate
 from orderlab.model.config import ModelConfig
-from orderlab.model.registry import build_model
+from orderlab.model.registry import build_model, get_backbone, list_backbones
 
 
 def _rss_mib() -> float:
@@ -84,7 +84,7 @@ def _isolated(*args) -> dict:
 
 def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, dim: int = 256, heads: int = 4,
           vocab: int = 1024, batches: tuple[int, ...] = (1, 64), repeats: int = 3, device: str = "cpu",
-          attention: str = "sdpa", archs: tuple[str, ...] = ("flex", "decoupled"), ckpt: str | None = None,
+          attention: str = "sdpa", archs: tuple[str, ...] | None = None, ckpt: str | None = None,
           precision: str = "fp32") -> None:
     """Benchmark decoding of one model at T = N (raster, one token per step) and T = N/4, N/8, N/16 (random order).
 
@@ -100,7 +100,8 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
         repeats: timed runs per row (median reported), after one warm-up run.
         device: "cpu" or "cuda".
         attention: attention kernel, "sdpa" or "flex".
-        archs: backbones to compare at equal depth/width: flex (query stream) and decoupled (ARPG).
+        archs: registered backbones to compare at equal depth/width (None: every registered one); KV-cache ratios
+            are against the first.
         ckpt: benchmark a trained checkpoint instead (its own arch and size; adds Jacobi rows for raster decoding).
         precision: fp32, or bf16/fp16 autocast (the GPU setting).
     """
@@ -109,6 +110,7 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
     for key, value in (("repeats", repeats), *((f"batches[{i}]", b) for i, b in enumerate(batches))):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r} must be an int >= 1")
+    archs = tuple(list_backbones() if archs is None else archs)
     if not batches or not archs:
         raise ValueError(f"batches={list(batches)} and archs={list(archs)} must not be empty")
     torch.manual_seed(0)
@@ -121,7 +123,7 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
     else:
         for arch in archs:
             cfg = ModelConfig(vocab_size=vocab, height=grid, width=grid, num_classes=10, depth=depth, dim=dim,
-                              heads=heads, arch=arch, mutual=arch == "flex", attention=attention)
+                              heads=heads, arch=arch, mutual=get_backbone(arch).mutual_queries, attention=attention)
             models.append((arch, build_model(cfg)))
     rows = []
     for arch, model in models:
@@ -162,7 +164,7 @@ def _jacobi_rows(ckpt: str | None, n: int) -> list[tuple[str, int, dict]]:
 
 def ratios(rows: list[dict]) -> list[dict]:
     """The ratios the benchmark exists for, from rows of this one run: time(T=N)/time(T=N/k) per backbone and
-    batch, and each backbone's KV cache against the query-stream (flex) one's."""
+    batch, and each backbone's KV cache against the first backbone's of the run."""
     out = []
     for (arch, batch) in dict.fromkeys((r["arch"], r["batch"]) for r in rows):
         rs = [r for r in rows if r["arch"] == arch and r["batch"] == batch and r["decoder"] == "plan"]
@@ -179,11 +181,12 @@ def ratios(rows: list[dict]) -> list[dict]:
                 out.append(dict(what=f"time(raster)/time({r['decoder']})", arch=arch, batch=batch,
                                 value=round(base["seconds"] / r["seconds"], 2),
                                 ideal=round(n / r["passes"], 2)))
-    flex = {r["batch"]: r["kv_cache_MiB"] for r in rows if r["arch"] == "flex"}
+    first = rows[0]["arch"] if rows else None
+    ref = {r["batch"]: r["kv_cache_MiB"] for r in rows if r["arch"] == first}
     for r in rows:
-        if r["arch"] != "flex" and r["batch"] in flex and r["schedule"] == "raster" and r["decoder"] == "plan":
-            out.append(dict(what=f"KV cache {r['arch']}/flex", arch=r["arch"], batch=r["batch"],
-                            value=round(r["kv_cache_MiB"] / flex[r["batch"]], 3), ideal=None))
+        if r["arch"] != first and r["batch"] in ref and r["schedule"] == "raster" and r["decoder"] == "plan":
+            out.append(dict(what=f"KV cache {r['arch']}/{first}", arch=r["arch"], batch=r["batch"],
+                            value=round(r["kv_cache_MiB"] / ref[r["batch"]], 3), ideal=None))
     return out
 
 

@@ -19,7 +19,12 @@ from pathlib import Path
 
 import yaml
 
+from orderlab.checks import check_positive_int
+
 EXIT_SHORT = 1  # exit status of a demo whose training stopped before max_steps (after the report is written)
+# seed of the demo's digits train/val split: fixed, not --seed (which seeds sampling), so every demo (and a folder
+# reused by a later one) trains and evaluates on the same images
+DEMO_DATA_SEED = 0
 
 # (schedule, steps) rows of the demo: T = N (raster and random), and N/4, N/8 for the parallel schedules
 DEMO_ROWS = ["raster:64", "random:64", "random:16", "random:8", "locality:16", "locality:8", "diagonal",
@@ -56,12 +61,10 @@ def fit_config(config: str, out: str, data: str, max_steps: int | None, callback
         cbs.append({"class_path": "orderlab.train.callbacks.TimeLimit", "init_args": {"minutes": time_limit}})
     tr["callbacks"] = cbs
     cfg.setdefault("data", {})["root"] = data
+    from orderlab.data.atomic import atomic_write_text  # torch: only once the demo runs, not for --help
+
     path = os.path.join(out, "fit_config.yaml")
-    os.makedirs(out, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        yaml.safe_dump(cfg, fh, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
@@ -91,13 +94,12 @@ def demo(out: str = "runs/demo", data: str = "data/digits", experiment: str = "e
 
     if threads is None:
         threads = default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads={threads!r} must be an int >= 1")
+    check_positive_int(threads, "threads")
     if time_limit is not None and not time_limit >= 0:
         raise ValueError(f"time_limit={time_limit!r} must be minutes >= 0 (or null for no limit)")
     for key, value in (("num_samples", num_samples), ("max_steps", max_steps)):  # bad input fails before training
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{key}={value!r} must be an int >= 1")
+        if value is not None:
+            check_positive_int(value, key)
     if rows is not None:
         from orderlab.analysis.evaluation import parse_row
 
@@ -128,7 +130,7 @@ def _demo(out, data, config, max_steps, rows, num_samples, seed, callbacks, cach
         print(f"[1/4] preparing digits -> {data}", flush=True)
         from orderlab.data.datasets import PrepareOptions, prepare_dataset
 
-        prepare_dataset("digits", data, PrepareOptions(seed=0, progress=False), overwrite=True)
+        prepare_dataset("digits", data, PrepareOptions(seed=DEMO_DATA_SEED, progress=False), overwrite=True)
     else:
         print(f"[1/4] reusing the prepared digits in {data}", flush=True)
     cfg_path = fit_config(config, out, data, max_steps, callbacks, time_limit)

@@ -4,56 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-
-def load_eval_data(root: str, split: str = "val", limit: int | None = None):
-    """(tokens (N, H, W) long, labels (N,) long) of a prepared split."""
-    from orderlab.data.shards import read_split
-
-    tokens, labels = read_split(root, split, limit=limit)
-    return torch.from_numpy(tokens).long(), torch.from_numpy(labels).long()
-
-
-@dataclass
-class EvalContext:
-    """What every evaluated row needs, loaded once: the model, the real images, the feature extractor, NLL data."""
-
-    loaded: Any
-    real: Any
-    extractor: Any
-    root: str
-    val_tokens: torch.Tensor
-    val_labels: torch.Tensor
-
-
-def load_context(ckpt: str, data: str | None = None, split: str = "val", extractor: str = "classifier",
-                 nll_samples: int | None = None) -> EvalContext:
-    """Load a checkpoint and its evaluation data (shared by ``evaluate``, the demo and ``search``)."""
-    from orderlab.metrics import RealImages, TorchScriptFeatures, classifier_features
-    from orderlab.model.config import check_data_matches
-    from orderlab.train.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(ckpt)
-    root = data or loaded.data.get("root")
-    if not root or not os.path.isdir(root):
-        raise FileNotFoundError(f"data={root!r}: the real images' dataset folder is needed (pass --data DIR)")
-    real = RealImages(root, split)
-    try:  # a checkpoint of another grid or vocabulary: say so, not a shape error deep in the feature network
-        check_data_matches(loaded.config, real.manifest())
-    except ValueError as err:
-        raise ValueError(f"checkpoint {ckpt} does not fit the data {root}: {err}") from None
-    if extractor == "classifier":
-        feats = classifier_features(loaded.data.get("name") or "digits")
-    elif os.path.isfile(extractor):
-        feats = TorchScriptFeatures(extractor)
-    else:
-        raise ValueError(f"extractor={extractor!r} is neither 'classifier' nor a local TorchScript Inception file")
-    val_tokens, val_labels = load_eval_data(root, split, nll_samples)
-    return EvalContext(loaded, real, feats, root, val_tokens, val_labels)
+from orderlab.checks import check_positive_int
 
 
 def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 256, data: str | None = None,
@@ -67,7 +20,7 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
     The real features are cached in ``cache_dir`` (None: ``default_cache_dir()``); the data and checkpoint folders
     are only read.
     """
-    from orderlab.analysis.evaluation import evaluate_row, parse_row, write_table
+    from orderlab.analysis.evaluation import evaluate_row, load_context, parse_row, write_table
     from orderlab.decoding.sampling import check_sampling_args
     from orderlab.metrics import default_cache_dir
     from orderlab.progress import progress_bar
@@ -76,8 +29,8 @@ def run_evaluation(ckpt: str, rows: list[Any], out: str, *, num_samples: int = 2
     if not parsed:
         raise ValueError("rows is empty: give at least one 'schedule:steps'")
     for key, value in (("num_samples", num_samples), ("batch_size", batch_size), ("nll_samples", nll_samples)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"--{key} {value!r} must be an int >= 1")
+        if value is not None:
+            check_positive_int(value, f"--{key}")
     check_sampling_args(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                         cfg_schedule=cfg_schedule, names={k: f"--{k}" for k in
                                                           ("cfg_scale", "temperature", "top_k", "top_p", "cfg_schedule")})

@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+from orderlab.checks import check_positive_int
+
 
 def prepare(name: str, *, out: str, overwrite: bool = False, seed: int = 0, num_shards: int = 8,
             val_fraction: float = 0.15, limit: int | None = None, epochs: int = 2, source: str | None = None,
@@ -36,8 +38,7 @@ def prepare(name: str, *, out: str, overwrite: bool = False, seed: int = 0, num_
     from orderlab.data.datasets import OutputExistsError, PrepareOptions, existing_preparation, prepare_dataset
 
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads={threads} must be >= 1")
+        check_positive_int(threads, "threads")
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     opts = PrepareOptions(seed=seed, val_fraction=val_fraction, limit=limit, epochs=epochs, source=source,

@@ -175,13 +175,14 @@ def sample(*, ckpt: str, out: str = "samples.png", schedule: str = "random", ste
         save_tokens: also write the sampled tokens as .npy.
     """
     from orderlab.analysis.evaluation import save_grid
+    from orderlab.checks import check_positive_int
     from orderlab.data.atomic import atomic_write_bytes
     from orderlab.decoding.decode import generate
     from orderlab.decoding.sampling import check_sampling_args
     from orderlab.train.checkpoint import load_checkpoint
 
-    if num is not None and num < 1:
-        raise ValueError(f"--num {num} must be at least 1")
+    if num is not None:
+        check_positive_int(num, "--num")
     check_sampling_args(cfg_scale=cfg, temperature=temperature, top_k=top_k, top_p=top_p, cfg_schedule=cfg_schedule,
                         names={"cfg_scale": "--cfg", "temperature": "--temperature", "top_k": "--top_k",
                                "top_p": "--top_p", "cfg_schedule": "--cfg_schedule"})

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
+from orderlab.checks import check_positive_int
+from orderlab.data.atomic import atomic_write_text
 from orderlab.plan import Plan, PlanError
 from orderlab.plan_metrics import plan_metrics
 from orderlab.schedule import get_schedule, list_schedules
-from orderlab.seeding import sample_generator
+from orderlab.seeding import PICTURE_SAMPLE, sample_generator
 
 __all__ = ["schedules"]
 
@@ -33,8 +33,7 @@ def schedules(height: int = 16, width: int = 16, steps: int | None = None, out: 
             gets (orderlab.seeding).
     """
     for key, v in (("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{key} must be an int >= 1, got {v!r}")
+        check_positive_int(v, f"--{key}")
     n = height * width
     if steps is not None and not 1 <= steps <= n:
         raise ValueError(f"--steps {steps} is outside 1..N={n} for a {height}x{width} grid")
@@ -46,7 +45,7 @@ def schedules(height: int = 16, width: int = 16, steps: int | None = None, out: 
     for name in list_schedules():  # every plan first: a schedule that cannot plan fails before any file is written
         schedule = get_schedule(name)
         try:
-            plan = schedule.plan(height, width, steps, sample_generator(seed, 0))
+            plan = schedule.plan(height, width, steps, sample_generator(seed, PICTURE_SAMPLE))
         except PlanError as err:
             raise ValueError(f"schedule {name!r} at steps={steps}: {err}") from None
         plans.append((name, plan))
@@ -55,10 +54,10 @@ def schedules(height: int = 16, width: int = 16, steps: int | None = None, out: 
         plot_plan(plan, folder / f"{name}.png", title=f"{name}: {height}x{width}, T={plan.num_steps}")
 
     _print_table(rows, height, width, steps, seed)
-    _write_text(folder / "schedules.md", _markdown(rows, height, width, steps, seed))
+    atomic_write_text(folder / "schedules.md", _markdown(rows, height, width, steps, seed))
     report = {"height": height, "width": width, "steps": steps, "seed": seed, "schedules": rows}
     # NaN (e.g. min_intra_dist with one token per step) is not JSON: write null; a plugin knob JSON lacks: str
-    _write_text(folder / "schedules.json", json.dumps(_nan_to_none(report), indent=2, default=str) + "\n")
+    atomic_write_text(folder / "schedules.json", json.dumps(_nan_to_none(report), indent=2, default=str) + "\n")
     print(f"wrote {len(rows)} pictures, schedules.md and schedules.json to {folder}")
 
 
@@ -120,19 +119,3 @@ def _nan_to_none(obj):
     if isinstance(obj, (list, tuple)):
         return [_nan_to_none(v) for v in obj]
     return obj
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temporary name in the same folder, then ``os.replace``), like the pictures."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from orderlab.data.atomic import default_mode
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, default_mode())  # mkstemp makes it 0600: give it the mode open() would (umask applied)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -31,7 +31,13 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from orderlab.data.shards import (
-    SampleChecker, ShardError, check_compatible, iter_shard, load_split, read_manifest, verify_shards,
+    SampleChecker,
+    ShardError,
+    check_compatible,
+    iter_shard,
+    load_split,
+    read_manifest,
+    verify_shards,
 )
 
 __all__ = ["OrderDataModule", "ShardStream", "WorkerPlan", "plan_rank", "load_split"]

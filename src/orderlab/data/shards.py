@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from orderlab.checks import check_positive_int
 from orderlab.data.atomic import atomic_write_json, sha256_file
 
 __all__ = [
@@ -101,8 +102,7 @@ def _validate_manifest(m: Any, path: str) -> dict[str, Any]:
     if not (isinstance(grid, list) and len(grid) == 2 and all(_is_int(v) and v > 0 for v in grid)):
         raise ShardError(f"{path}: grid must be [H, W] positive ints, got {grid!r}")
     for key, lo in (("vocab_size", 2), ("num_classes", 0)):
-        if not _is_int(m[key]) or m[key] < lo:
-            raise ShardError(f"{path}: {key} must be an int >= {lo}, got {m[key]!r}")
+        check_positive_int(m[key], f"{path}: {key}", minimum=lo, error=ShardError)
     try:
         dtype = np.dtype(m["token_dtype"])
     except TypeError as exc:

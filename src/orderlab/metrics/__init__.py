@@ -24,11 +24,21 @@ Compare numbers only at equal ``num_samples`` and extractor fingerprint.
 
 from orderlab.metrics.cache import default_cache_dir
 from orderlab.metrics.features import (
-    ClassifierFeatures, FeatureCNN, FeatureExtractor, TorchScriptFeatures, asset_path, classifier_features,
+    ClassifierFeatures,
+    FeatureCNN,
+    FeatureExtractor,
+    TorchScriptFeatures,
+    asset_path,
+    classifier_features,
     load_extractor,
 )
 from orderlab.metrics.image_metrics import (
-    ImageMetrics, RealImages, extract_features, format_metrics, image_metrics, precision_recall,
+    ImageMetrics,
+    RealImages,
+    extract_features,
+    format_metrics,
+    image_metrics,
+    precision_recall,
 )
 
 __all__ = [

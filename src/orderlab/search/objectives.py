@@ -54,7 +54,7 @@ class InferenceObjective:
     """
 
     def __init__(self, spec, params):
-        from orderlab.commands.evaluate_cmd import load_context
+        from orderlab.analysis.evaluation import load_context
 
         self.spec, self.params = spec, params
         self.progress = None  # progress(phase, samples_done) during a trial, set by the worker's progress bar

@@ -4,7 +4,6 @@ plot, and each trial's parameters and metrics in TensorBoard's HParams view (``t
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import optuna
 
 from orderlab.analysis.evaluation import write_table
-from orderlab.data.atomic import atomic_write_bytes
+from orderlab.data.atomic import atomic_savefig, atomic_write_bytes
 
 __all__ = ["log_trial_hparams", "trial_rows", "write_reports"]
 
@@ -93,10 +92,10 @@ def _plot(spec, study: optuna.Study, front: list, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_savefig(fig, path, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_reports(spec, study: optuna.Study, url: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from orderlab.checks import check_positive_int
 from orderlab.search.objectives import INFERENCE_OBJECTIVES, InferenceObjective, TrainObjective, default_direction
 from orderlab.search.space import Param, parse_space
 from orderlab.seeding import derive_seed
@@ -31,6 +32,8 @@ PRUNERS: dict[str, Any] = {"median": optuna.pruners.MedianPruner, "percentile": 
 _EVALUATE_KEYS = {"ckpt", "data", "split", "extractor", "num_samples", "batch_size", "seed", "nll_samples",
                   "precision", "cache_dir"}
 _FIT_KEYS = {"config", "args"}
+# Optuna's samplers seed numpy's RandomState, which takes seeds below 2 ** 32: derived 63-bit seeds are cut to this
+OPTUNA_SEED_BITS = 32
 
 
 @dataclass
@@ -111,8 +114,7 @@ def make_spec(*, kind: str, space: dict, objectives: list[str], directions: list
                          "multi-objective studies)")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout={timeout}: must be a positive number of seconds")
-    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
-        raise ValueError(f"heartbeat={heartbeat!r}: must be a whole number of seconds >= 1")
+    check_positive_int(heartbeat, "heartbeat")  # whole seconds
     return SearchSpec(kind=kind, params=params, objectives=list(objectives), directions=directions,
                       study_name=study_name, out=out, fixed=dict(fixed or {}), evaluate=evaluate or {},
                       fit=fit or {}, sampler=sampler_spec, pruner=pruner_spec, seed=seed, timeout=timeout,
@@ -215,10 +217,8 @@ def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: in
     """Create or load the study, run ``n_trials`` more trials in ``workers`` processes, write the reports."""
     from orderlab.search.report import write_reports
 
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
-        raise ValueError(f"n_trials={n_trials!r} must be an int >= 0")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers={workers!r} must be an int >= 1")
+    check_positive_int(n_trials, "n_trials", minimum=0)
+    check_positive_int(workers, "workers")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of ours instead
     url = storage_url(storage, spec.out)
     objective = _objective(spec)  # an unreadable checkpoint, or one that does not fit the data, fails here
@@ -236,7 +236,7 @@ def run_search(spec: SearchSpec, storage: str | None, n_trials: int, workers: in
           f"worker(s); objectives {list(zip(spec.objectives, spec.directions))}", flush=True)
     # worker i of the invocation that finds ``before`` trials stored samples with its own derived seed, so a rerun
     # continues with fresh draws instead of repeating the first ones
-    seeds = [derive_seed(spec.seed, "search-worker", before, i) % 2 ** 32 for i in range(workers)]  # Optuna: 32 bits
+    seeds = [derive_seed(spec.seed, "search-worker", before, i) % 2 ** OPTUNA_SEED_BITS for i in range(workers)]
     quotas = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
     if workers == 1:
         worker(spec, url, 0, quotas[0], seeds[0], objective=objective, progress=True)

@@ -34,10 +34,11 @@ from matplotlib.ticker import MaxNLocator
 from orderlab.analysis.attention_maps import LocalityMaps, attention_locality, query_layers
 from orderlab.analysis.evaluation import image_grid
 from orderlab.analysis.pictures import plot_plan
+from orderlab.checks import check_positive_int
 from orderlab.decoding.decode import generate
 from orderlab.plan import PlanError
 from orderlab.schedule import get_schedule, list_schedules
-from orderlab.seeding import sample_generator
+from orderlab.seeding import PICTURE_SAMPLE, sample_generator
 
 __all__ = ["SampleGrids", "OrderPictures", "AttentionLocality", "TimeLimit", "upscale", "locality_figure",
            "tensorboard_writer"]
@@ -77,9 +78,7 @@ def _due(trainer, every_n_epochs: int) -> bool:
 
 
 def _check_every(every_n_epochs: int) -> int:
-    if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-        raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}")
-    return every_n_epochs
+    return check_positive_int(every_n_epochs, "every_n_epochs")
 
 
 def _steps_tag(steps: int | None) -> str:
@@ -136,8 +135,7 @@ class SampleGrids(Callback):
             raise ValueError("SampleGrids needs at least one schedule")
         for name in schedules:
             get_schedule(name)  # unknown names fail at config time, listing the choices
-        if num < 1:
-            raise ValueError(f"num must be >= 1, got {num}")
+        check_positive_int(num, "num")
         self.schedules, self.steps = list(schedules), list(steps) if steps else [None]
         self.num, self.every_n_epochs = num, _check_every(every_n_epochs)
         self.cfg_scale, self.seed, self.min_side = cfg_scale, seed, max(1, min_side)
@@ -196,7 +194,7 @@ class OrderPictures(Callback):
         h, w = _grid_size(pl_module)
         for name in self.schedules or list_schedules():
             try:
-                plan = get_schedule(name).plan(h, w, self.steps, sample_generator(self.seed, 0))
+                plan = get_schedule(name).plan(h, w, self.steps, sample_generator(self.seed, PICTURE_SAMPLE))
             except PlanError as err:  # e.g. a budget a geometric schedule cannot meet: skip the picture, not the fit
                 rank_zero_warn(f"OrderPictures: no picture for schedule {name!r} at steps={self.steps}: {err}")
                 continue
@@ -231,10 +229,8 @@ class AttentionLocality(Callback):
             raise ValueError("AttentionLocality needs at least one schedule")
         for name in schedules:
             get_schedule(name)
-        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-            raise ValueError(f"radius must be an int >= 0, got {radius!r}")
-        if num < 1:
-            raise ValueError(f"num must be >= 1, got {num}")
+        check_positive_int(radius, "radius", minimum=0)
+        check_positive_int(num, "num")
         self.layers = None if layers is None else list(layers)
         self.schedules, self.steps, self.radius = list(schedules), steps, radius
         self.num, self.every_n_epochs, self.seed = num, _check_every(every_n_epochs), seed
