@@ -25,7 +25,7 @@ def _pair(arch, mutual):
     return a, b
 
 
-@pytest.mark.parametrize("arch, mutual", [("flex", True), ("flex", False), ("decoupled", False)])
+@pytest.mark.parametrize("arch, mutual", [("stream", True), ("stream", False), ("decoupled", False)])
 @torch.no_grad()  # the eager CPU FlexAttention kernel has no backward
 def test_flex_kernel_matches_sdpa(arch, mutual):
     sdpa, flex = _pair(arch, mutual)
@@ -61,7 +61,7 @@ def test_unknown_kernel_and_dropout_are_errors():
 def test_flex_builds_one_block_mask_per_forward(monkeypatch):
     import torch.nn.attention.flex_attention as fa
 
-    _, flex = _pair("flex", True)
+    _, flex = _pair("stream", True)
     calls = []
     real = fa.create_block_mask
     monkeypatch.setattr(fa, "create_block_mask", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -71,5 +71,5 @@ def test_flex_builds_one_block_mask_per_forward(monkeypatch):
     assert len(calls) == 1  # depth 2, one block mask: the layers share it
     other, _ = make_plans("random", 4, 5, 6, 2, seed=0)  # other group sizes: another mask, another block mask
     assert torch.allclose(training_logits(flex, labels, tokens, other),
-                          training_logits(_pair("flex", True)[0], labels, tokens, other), atol=1e-10)
+                          training_logits(_pair("stream", True)[0], labels, tokens, other), atol=1e-10)
     assert len(calls) == 2

@@ -9,18 +9,19 @@ from orderlab.commands.bench_cmd import bench
 
 
 def test_bench_decode_writes_rows(tmp_path):
-    bench("decode", out=str(tmp_path), grid=4, depth=4, dim=16, heads=2, vocab=11, batches=(1, 3), repeats=1)
+    bench("decode", out=str(tmp_path), grid=4, depth=4, dim=16, heads=2, vocab=11, batches=(1, 3), repeats=1,
+          archs=("stream", "decoupled"))
     data = json.loads((tmp_path / "bench.json").read_text())
     rows = data["rows"]
     assert len(rows) == 2 * 2 * 4  # 2 archs x 2 batches x (T = N, N/4, N/8, N/16)
     assert [r["steps"] for r in rows[:4]] == [16, 4, 2, 1]
     assert all(r["passes"] == r["steps"] for r in rows)
     assert all(r["seconds"] > 0 and r["kv_cache_MiB"] > 0 for r in rows)
-    flex = next(r for r in rows if r["arch"] == "flex" and r["batch"] == 3)
+    stream = next(r for r in rows if r["arch"] == "stream" and r["batch"] == 3)
     dec = next(r for r in rows if r["arch"] == "decoupled" and r["batch"] == 3)
-    assert dec["kv_cache_MiB"] < flex["kv_cache_MiB"]  # ARPG's shared K/V is the memory-lean variant
+    assert dec["kv_cache_MiB"] < stream["kv_cache_MiB"]  # ARPG's shared K/V is the memory-lean variant
     md = (tmp_path / "bench.md").read_text()
-    assert md.count("\n| flex |") == 8 and "speedup_vs_T_N" in md
+    assert md.count("\n| stream |") == 8 and "speedup_vs_T_N" in md
     # the ratios are computed from this run's rows, and the table shows them
     q = {(r["what"], r["arch"], r["batch"]): r for r in data["ratios"]}
     base = {(r["arch"], r["batch"]): r["seconds"] for r in rows if r["steps"] == 16}
@@ -28,9 +29,9 @@ def test_bench_decode_writes_rows(tmp_path):
         t8 = next(r["seconds"] for r in rows if (r["arch"], r["batch"], r["steps"]) == (arch, batch, 2))
         got = q[("time(T=N)/time(T=N/8)", arch, batch)]
         assert got["value"] == round(t_n / t8, 2) and got["ideal"] == 8
-    kv = q[("KV cache decoupled/flex", "decoupled", 3)]["value"]
-    assert kv == round(dec["kv_cache_MiB"] / flex["kv_cache_MiB"], 3) and kv < 1
-    assert "| time(T=N)/time(T=N/8) | flex | 1 |" in md and "KV cache decoupled/flex" in md
+    kv = q[("KV cache decoupled/stream", "decoupled", 3)]["value"]
+    assert kv == round(dec["kv_cache_MiB"] / stream["kv_cache_MiB"], 3) and kv < 1
+    assert "| time(T=N)/time(T=N/8) | stream | 1 |" in md and "KV cache decoupled/stream" in md
 
 
 @pytest.mark.slow

@@ -6,17 +6,17 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_model
+from helpers import UNKNOWN, tiny_model
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
 import orderlab.train.callbacks as cb
-from orderlab.train.callbacks import AttentionLocality, OrderPictures, SampleGrids, upscale
 from orderlab.analysis.evaluation import image_grid
 from orderlab.decoding.decode import make_plans
 from orderlab.decoding.scoring import training_logits
+from orderlab.train.callbacks import AttentionLocality, OrderPictures, SampleGrids, upscale
 
 H, W, V = 4, 5, 7
 
@@ -24,7 +24,7 @@ H, W, V = 4, 5, 7
 class TinyModule(L.LightningModule):
     """The two attributes the callbacks rely on (``model``, ``decode_tokens``) around a tiny backbone."""
 
-    def __init__(self, arch: str = "flex", mutual: bool = True):
+    def __init__(self, arch: str = "stream", mutual: bool = True):
         super().__init__()
         self.model = tiny_model(arch=arch, mutual=mutual, height=H, width=W, vocab=V, dtype=torch.float32).train()
 
@@ -145,8 +145,8 @@ def test_locality_callback_on_decoupled_logs_only_query_layers(tmp_path):
 
 
 def test_config_errors_name_the_problem():
-    with pytest.raises(KeyError, match="unknown schedule"):
-        SampleGrids(schedules=["nope"])
+    with pytest.raises(KeyError, match=f"unknown schedule '{UNKNOWN}'"):
+        SampleGrids(schedules=[UNKNOWN])
     with pytest.raises(ValueError, match="every_n_epochs"):
         AttentionLocality(every_n_epochs=0)
     with pytest.raises(ValueError, match="radius"):

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from helpers import tiny_model
+
 from orderlab.analysis.evaluation import Row, image_grid, nll_bits, save_grid, write_table
 from orderlab.decoding.decode import make_plans
 from orderlab.decoding.scoring import token_logprobs

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import UNKNOWN, tiny_model
 from scipy.stats import chisquare
 
 from orderlab import PlanError
@@ -31,10 +31,10 @@ SETTINGS = [
 ]
 
 
-def busy_model(arch="flex"):
+def busy_model(arch="stream"):
     """A tiny float64 model re-initialised with large weights: its argmax depends on the context (the 0.02 init
     gives nearly constant greedy images), so drafts and locked tokens really get rejected."""
-    model = tiny_model(arch, mutual=arch == "flex", height=H, width=W, vocab=6)
+    model = tiny_model(arch, mutual=arch == "stream", height=H, width=W, vocab=6)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -44,7 +44,7 @@ def busy_model(arch="flex"):
 
 
 @pytest.mark.parametrize("decoder,args", SETTINGS, ids=lambda x: str(x))
-@pytest.mark.parametrize("arch,cfg", [("flex", 1.0), ("flex", 3.0), ("decoupled", 2.0)])
+@pytest.mark.parametrize("arch,cfg", [("stream", 1.0), ("stream", 3.0), ("decoupled", 2.0), ("randar", 2.0)])
 def test_greedy_equals_raster_greedy(decoder, args, arch, cfg):
     model = busy_model(arch)
     labels = torch.tensor([0, 1, 2, 3])
@@ -100,7 +100,7 @@ def test_bad_knobs_fail_clearly():
     model = tiny_model(height=H, width=W, vocab=6)
     labels = torch.tensor([0])
     cases = [
-        (dict(decoder="medusa"), "decoder='medusa' is not one of"),
+        (dict(decoder=UNKNOWN), f"unknown decoder '{UNKNOWN}'"),
         (dict(decoder="sjd", decoder_args=dict(windw=3)), "decoder 'sjd' has no knob 'windw'"),
         (dict(decoder="sjd", decoder_args=dict(row_lag=1)), "decoder 'sjd' has no knob 'row_lag'"),
         (dict(decoder="sjd", decoder_args=dict(window=0)), r"decoder_args\['window'\]=0 must be an int >= 1"),

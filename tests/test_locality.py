@@ -65,7 +65,7 @@ def _zero_queries(model):
                 m.qkv.weight[: m.qkv.weight.shape[1]].zero_()  # the first D output rows are q
 
 
-@pytest.mark.parametrize("arch,mutual", [("flex", True), ("flex", False), ("decoupled", False)])
+@pytest.mark.parametrize("arch,mutual", [("stream", True), ("stream", False), ("decoupled", False)])
 def test_uniform_attention_gives_predicted_map_and_baseline(arch, mutual):
     model = tiny_model(arch=arch, mutual=mutual, height=4, width=5)  # non-square on purpose
     _zero_queries(model)
@@ -103,7 +103,7 @@ def test_uniform_attention_gives_predicted_map_and_baseline(arch, mutual):
         assert out.share[layer] == pytest.approx(out.uniform_share[layer], abs=1e-6)
 
 
-@pytest.mark.parametrize("arch,mutual", [("flex", True), ("decoupled", False)])
+@pytest.mark.parametrize("arch,mutual", [("stream", True), ("decoupled", False)])
 def test_map_sums_to_the_content_mass_measured_by_the_raw_probe(arch, mutual):
     model = tiny_model(arch=arch, mutual=mutual, height=3, width=4)
     cfg = model.config
@@ -124,7 +124,7 @@ def test_map_sums_to_the_content_mass_measured_by_the_raw_probe(arch, mutual):
         assert parts == pytest.approx(1.0, abs=1e-6)
         assert float(out.maps[layer][cfg.height - 1, cfg.width - 1]) == 0.0  # no query sees its own target
         assert 0.0 <= out.share[layer] <= 1.0
-    assert (out.query_mass[layers[0]] > 0) == (arch == "flex")
+    assert (out.query_mass[layers[0]] > 0) == (arch == "stream")
 
 
 def test_schedule_route_matches_plans_and_is_seeded():

@@ -35,7 +35,7 @@ def test_block_and_mutual_knobs():
 def test_nobody_attends_another_groups_queries_and_every_row_sees_cond(mutual, block):
     sizes = (1, 3, 2, 4)
     m = training_mask(sizes, 2, mutual, block)
-    n, nc = sum(sizes), sum(sizes) - sizes[-1]
+    nc = sum(sizes) - sizes[-1]
     q_group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     row_group = torch.cat([torch.full((2,), -2), torch.repeat_interleave(torch.arange(3), torch.tensor(sizes[:-1])),
                            q_group])

@@ -6,16 +6,14 @@ teacher-forced training forward of real tokens under the attention probe; for ev
 position) the attention mass on each content token is binned by the offset
 ``(dr, dc) = (content row - target row, content col - target col)`` and averaged over heads, queries and batch.
 
-Which rows and keys the probe sees (layer indices are those of ``model.attention_modules()``):
-
-- ``FlexTransformer``: every layer is a query layer. Rows and keys are both the training layout
-  ``[cond (C)] + [content (Nc)] + [queries (N)]`` with ``Nc = N - sizes[-1]``; the query rows are the last N rows and
-  a query's keys split into cond, content (earlier groups only) and queries (its own group under ``mutual``, else
-  itself).
-- ``DecoupledTransformer``: ``attention_modules()`` lists the pass-1 self-attention layers first; their rows are
-  cond + content only, so they hold no query and are rejected here. The pass-2 cross-attention layers are the query
-  layers: their rows are exactly the N queries and K indexes the one shared key set ``[cond (C)] + [content (Nc)]``
-  projected from pass 1 (queries never see queries, so the query mass is 0).
+Which rows and keys the probe sees is the backbone's to say: its training layout
+(:meth:`~orderlab.model.base.Backbone.train_rows`) tags every row as condition, content or query with the plan
+index of its token, and :meth:`~orderlab.model.base.Backbone.attention_views` says which rows and keys each layer
+of ``model.attention_modules()`` holds. A *query layer* is one whose rows include queries. For the stream backbone
+every layer is one; for the decoupled backbone only the pass-2 cross-attention layers are (their keys are the
+shared ``[cond] + [content]`` set, so the query mass is 0); for RandAR the queries are its position-instruction
+tokens, and earlier groups' instruction tokens count as query keys. Each layer's weights are first brought to one
+canonical key order, ``[cond (C)] + [content by plan index (N)] + [queries by plan index (N)]``.
 
 Reading the scalar: ``share`` is the fraction of the content mass that falls within Chebyshev radius r of the
 target. ``uniform_share`` is what the same queries would give with the same content masses spread uniformly over
@@ -30,8 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from orderlab.decoding.decode import make_plans
-from orderlab.decoding.scoring import training_logits
-from orderlab.model.backbones.decoupled import DecoupledTransformer
+from orderlab.model.base import COND, CONTENT, QUERY, Rows
 from orderlab.model.masks import training_mask
 from orderlab.model.probe import probe_attention
 from orderlab.plan import Plan
@@ -60,7 +57,8 @@ class LocalityMaps:
     cond_mass: dict[int, float]
     """Mean attention mass of a query on the condition token(s)."""
     query_mass: dict[int, float]
-    """Mean attention mass of a query on query rows (flex only: its group under mutual, else itself)."""
+    """Mean attention mass of a query on query rows (stream: its group under mutual, else itself; RandAR: also the
+    instruction tokens of earlier groups; decoupled: 0)."""
     share: dict[int, float]
     """Share of the content mass within Chebyshev radius ``radius`` of the target (nan without content)."""
     uniform_share: dict[int, float]
@@ -69,9 +67,39 @@ class LocalityMaps:
 
 def query_layers(model) -> list[int]:
     """Indices into ``model.attention_modules()`` of the layers whose rows include the position queries."""
-    n = len(model.attention_modules())
-    start = len(model.content_blocks) if isinstance(model, DecoupledTransformer) else 0
-    return list(range(start, n))
+    n = model.config.num_tokens
+    sizes = (1, n - 1) if n > 1 else (1,)  # any layout with content and queries tells which layers hold queries
+    order = torch.arange(n).unsqueeze(0)  # (1, N)
+    rows = model.train_rows(order, order, sizes)
+    views = model.attention_views(rows)
+    return [i for i, (r, _) in enumerate(views) if bool((rows.kinds[r] if r is not None else rows.kinds).eq(QUERY)
+                                                             .any())]
+
+
+def _canonical(weights: torch.Tensor, rows: Rows, view, n: int, num_cond: int) -> torch.Tensor:
+    """(B, Hh, R, K) probed weights of one layer -> (B, N, C + N + N) head-averaged query rows in plan order over
+    keys ``[cond] + [content by plan index] + [queries by plan index]``."""
+    row_ids = torch.arange(len(rows.kinds)) if view[0] is None else view[0].cpu()
+    key_ids = torch.arange(len(rows.kinds)) if view[1] is None else view[1].cpu()
+    rk, ri = rows.kinds[row_ids], rows.index[row_ids]
+    is_q = rk == QUERY
+    sel = torch.nonzero(is_q).flatten()[torch.argsort(ri[is_q])]  # query rows in plan order
+    wt = weights[:, :, sel].mean(1)  # (B, N, K)
+    kk, ki = rows.kinds[key_ids], rows.index[key_ids]
+    col = torch.where(kk == CONTENT, num_cond + ki, num_cond + n + ki)  # (K,)
+    col = torch.where(kk == COND, torch.cumsum(kk == COND, 0) - 1, col)
+    out = wt.new_zeros(wt.shape[0], n, num_cond + 2 * n)
+    return out.index_add_(2, col.to(wt.device), wt)
+
+
+def _query_sees_content(rows: Rows, n: int) -> torch.Tensor:
+    """(N, N) bool: query j (plan order) may see the content token of plan index k, read off the layout's mask."""
+    q = torch.nonzero(rows.kinds == QUERY).flatten()
+    q = q[torch.argsort(rows.index[q])]
+    c = torch.nonzero(rows.kinds == CONTENT).flatten()
+    out = torch.zeros(n, n, dtype=torch.bool)
+    out[:, rows.index[c]] = rows.mask.cpu()[q][:, c]
+    return out
 
 
 def content_offsets(orders: torch.Tensor, num_content: int, height: int, width: int) -> torch.Tensor:
@@ -110,7 +138,7 @@ def _check_plans(plans: list[Plan]) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 def _visible_content(sizes: tuple[int, ...], num_cond: int) -> torch.Tensor:
     """(N, Nc) bool: query j may see content k; read off the training mask so it cannot drift from masks.py."""
-    n, nc = sum(sizes), sum(sizes) - sizes[-1]
+    nc = sum(sizes) - sizes[-1]
     mask = training_mask(sizes, num_cond)  # content visibility of queries does not depend on mutual/block
     return mask[num_cond + nc:, num_cond:num_cond + nc]
 
@@ -131,24 +159,28 @@ def uniform_baseline(plans: list[Plan], radius: int = 1) -> float:
 
 
 def locality_from_weights(weights: dict[int, torch.Tensor], plans: list[Plan], num_cond: int,
-                          radius: int = 1) -> LocalityMaps:
+                          radius: int = 1, num_content: int | None = None,
+                          visible: torch.Tensor | None = None) -> LocalityMaps:
     """Locality maps from head-averaged query attention weights (pure; the part :func:`attention_locality` probes).
 
     Args:
         weights: layer -> (B, N, K) attention of the N query rows (plan order) over keys
-            ``[cond (C)] + [content (Nc)] + [queries (N), flex only]``, each row summing to 1.
+            ``[cond (C)] + [content (Nc)] + [queries (N), optional]``, each row summing to 1; content k holds the
+            token of plan index k.
         plans: the B plans of the forward (one shared list of sizes).
         num_cond: C.
         radius: Chebyshev radius r of the scalar share.
+        num_content: Nc (default N - sizes[-1], the stream layout's).
+        visible: (N, Nc) bool, query j may see content k (default: the stream layout's training mask).
     """
     if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
         raise ValueError(f"radius must be an int >= 0, got {radius!r}")
     orders, sizes = _check_plans(plans)
     h, w = plans[0].height, plans[0].width
     b, n = orders.shape
-    nc = n - sizes[-1]
+    nc = n - sizes[-1] if num_content is None else num_content
     offsets = content_offsets(orders, nc, h, w)  # (B, N, Nc)
-    vis = _visible_content(sizes, num_cond)  # (N, Nc)
+    vis = _visible_content(sizes, num_cond) if visible is None else visible  # (N, Nc)
     seen = vis.sum(-1).clamp(min=1).double()  # (N,) avoids 0/0 for group 0, whose content mass is 0 anyway
     uniform_q = (_within(offsets, h, w, radius) & vis).sum(-1).double() / seen  # (B, N) per-query uniform share
     out = LocalityMaps(h, w, radius, {}, {}, {}, {}, {}, {})
@@ -177,7 +209,7 @@ def attention_locality(model, tokens: torch.Tensor, labels: torch.Tensor, plans:
     """Attention-locality maps of ``model`` on real tokens: one teacher-forced training forward under the probe.
 
     Args:
-        model: a backbone (FlexTransformer or DecoupledTransformer); run in eval mode without gradients.
+        model: a backbone (orderlab.model.base.Backbone); run in eval mode without gradients.
         tokens: (B, H, W) real token ids.
         labels: (B,) class labels.
         plans: B plans with one shared list of sizes; or None and give ``schedule`` (+ ``steps``, ``seed``), which
@@ -204,7 +236,10 @@ def attention_locality(model, tokens: torch.Tensor, labels: torch.Tensor, plans:
     if bad:
         raise ValueError(f"attention layers {bad} hold no position queries; the query layers of this "
                          f"{type(model).__name__} are {valid}")
-    n = cfg.num_tokens
+    n, c = cfg.num_tokens, cfg.cond_tokens
+    orders, sizes = _check_plans(plans)
+    flat = tokens.reshape(b, -1)
+    targets = torch.gather(flat, 1, orders.to(flat.device))  # (B, N) plan order
     parts: dict[int, list[torch.Tensor]] = {i: [] for i in chosen}
     was_training = model.training
     model.eval()  # dropout off: the map describes the model, not a noise draw
@@ -212,12 +247,13 @@ def attention_locality(model, tokens: torch.Tensor, labels: torch.Tensor, plans:
         with torch.no_grad():
             for lo in range(0, b, max(1, chunk)):
                 hi = min(b, lo + max(1, chunk))
+                rows = model.train_rows(targets[lo:hi], orders[lo:hi].to(flat.device), sizes)
+                views = model.attention_views(rows)
                 with probe_attention(model, chosen) as probe:
-                    training_logits(model, labels[lo:hi], tokens[lo:hi], plans[lo:hi])
-                for i in chosen:
-                    wt = probe.weights[i][0]  # (B', Hh, R, K); the query rows are the last N rows in both backbones
-                    parts[i].append(wt[:, :, -n:].mean(1).cpu())  # (B', N, K) head average
+                    model.forward_rows(labels[lo:hi], rows)
+                for i in chosen:  # (B', Hh, R, K) -> (B', N, C + 2N)
+                    parts[i].append(_canonical(probe.weights[i][0], rows, views[i], n, c).cpu())
     finally:
         model.train(was_training)
     weights = {i: torch.cat(p) for i, p in parts.items()}
-    return locality_from_weights(weights, plans, cfg.cond_tokens, radius)
+    return locality_from_weights(weights, plans, c, radius, num_content=n, visible=_query_sees_content(rows, n))

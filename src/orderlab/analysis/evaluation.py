@@ -27,7 +27,8 @@ from orderlab.decoding.scoring import bits_per_token, token_logprobs
 from orderlab.schedule import get_schedule
 from orderlab.seeding import sample_generator
 
-__all__ = ["Row", "parse_row", "evaluate_row", "nll_bits", "write_table", "image_grid", "save_grid", "TABLE_KEYS"]
+__all__ = ["Row", "parse_row", "evaluate_row", "nll_bits", "write_table", "image_grid", "save_grid", "TABLE_KEYS",
+           "EvalContext", "load_context", "load_eval_data"]
 
 
 @dataclass
@@ -132,25 +133,22 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
     device = next(model.parameters()).device
     warm = torch.zeros(min(2, num_samples), dtype=torch.long, device=device) + (0 if cfg.num_classes else cfg.null_label)
     generate(model, schedule, row.steps, warm, seed=seed, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
-             precision=precision,
-             **({"decoder": row.decoder, "decoder_args": row.decoder_args} if row.decoder != "plan" else {}))
+             precision=precision, decoder=row.decoder, decoder_args=row.decoder_args)
     for s in range(0, num_samples, batch_size):  # warmed up above: one-time costs stay out of ms_per_image
         b = min(batch_size, num_samples - s)
         labels = (torch.arange(s, s + b, device=device) % n_cls) if cfg.num_classes else \
             torch.full((b,), cfg.null_label, device=device)
         kwargs = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k,
-                      top_p=top_p, seed=seed, first_index=s, return_info=True, precision=precision)
-        if row.decoder != "plan":
-            kwargs.update(decoder=row.decoder, decoder_args=row.decoder_args)
+                      top_p=top_p, seed=seed, first_index=s, return_info=True, precision=precision,
+                      decoder=row.decoder, decoder_args=row.decoder_args)
         t0 = time.perf_counter()
         out, info = generate(model, schedule, row.steps, labels, **kwargs)
         seconds += time.perf_counter() - t0
         passes.append(info.passes_per_image * b)
         tokens.append(out.cpu())
         report("sampling", s + b)
-        for key in ("accepted_per_pass",) if row.decoder != "plan" else ():  # Jacobi acceptance statistics
-            if getattr(info, key, None) is not None:
-                extra[key] = getattr(info, key)
+        for key, val in info.table_stats().items():  # e.g. the Jacobi decoders' acceptance
+            extra.setdefault(key, []).extend(val)
     tokens = torch.cat(tokens)  # (num_samples, H, W)
     report("scoring", num_samples)
     images = torch.cat([loaded.decode_tokens(tokens[i:i + 500]) for i in range(0, len(tokens), 500)])
@@ -160,7 +158,7 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
               "ms_per_image": 1000 * seconds / num_samples, **metrics}
     for key, val in extra.items():
         result[key] = float(np.mean(val)) if isinstance(val, (list, tuple)) else val
-    if val_tokens is not None and row.decoder == "plan":
+    if val_tokens is not None:  # the model's likelihood under the row's plan, whichever decoder samples it
         report("NLL", num_samples)
         result["nll_bits_per_token"] = nll_bits(model, val_tokens, val_labels, row, seed=seed)
     if grid_path:
@@ -238,3 +236,49 @@ def save_grid(images: torch.Tensor, path: str, nrow: int = 8, scale: int = 4) ->
 
 def row_dict(row: Row) -> dict[str, Any]:
     return asdict(row)
+
+
+def load_eval_data(root: str, split: str = "val", limit: int | None = None):
+    """(tokens (N, H, W) long, labels (N,) long) of a prepared split."""
+    from orderlab.data.shards import read_split
+
+    tokens, labels = read_split(root, split, limit=limit)
+    return torch.from_numpy(tokens).long(), torch.from_numpy(labels).long()
+
+
+@dataclass
+class EvalContext:
+    """What every evaluated row needs, loaded once: the model, the real images, the feature extractor, NLL data."""
+
+    loaded: Any
+    real: Any
+    extractor: Any
+    root: str
+    val_tokens: torch.Tensor
+    val_labels: torch.Tensor
+
+
+def load_context(ckpt: str, data: str | None = None, split: str = "val", extractor: str = "classifier",
+                 nll_samples: int | None = None) -> EvalContext:
+    """Load a checkpoint and its evaluation data (shared by ``evaluate``, the demo and ``search``)."""
+    from orderlab.metrics import RealImages, TorchScriptFeatures, classifier_features
+    from orderlab.model.config import check_data_matches
+    from orderlab.train.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    root = data or loaded.data.get("root")
+    if not root or not os.path.isdir(root):
+        raise FileNotFoundError(f"data={root!r}: the real images' dataset folder is needed (pass --data DIR)")
+    real = RealImages(root, split)
+    try:  # a checkpoint of another grid or vocabulary: say so, not a shape error deep in the feature network
+        check_data_matches(loaded.config, real.manifest())
+    except ValueError as err:
+        raise ValueError(f"checkpoint {ckpt} does not fit the data {root}: {err}") from None
+    if extractor == "classifier":
+        feats = classifier_features(loaded.data.get("name") or "digits")
+    elif os.path.isfile(extractor):
+        feats = TorchScriptFeatures(extractor)
+    else:
+        raise ValueError(f"extractor={extractor!r} is neither 'classifier' nor a local TorchScript Inception file")
+    val_tokens, val_labels = load_eval_data(root, split, nll_samples)
+    return EvalContext(loaded, real, feats, root, val_tokens, val_labels)

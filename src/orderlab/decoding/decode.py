@@ -16,8 +16,8 @@ import torch
 from orderlab.decoding.info import DecodeInfo
 from orderlab.decoding.jacobi import JACOBI_DECODERS, check_decoder_args, check_raster
 from orderlab.decoding.sampling import cfg_scales, sample_from_logits
-from orderlab.model.masks import step_cache_rows, step_mask
 from orderlab.plan import Plan
+from orderlab.registry import Registry
 from orderlab.schedule import Schedule, get_schedule
 from orderlab.seeding import check_seed, sample_generator
 
@@ -63,9 +63,7 @@ def run_plans(model, labels: torch.Tensor, plans: list[Plan], pick: Pick, *, kno
         tokens (B, N) in row-major order, and a DecodeInfo.
     """
     cfg = model.config
-    mutual = cfg.mutual if mutual is None else mutual
-    block = cfg.block if block is None else block
-    b, n, c = labels.shape[0], cfg.num_tokens, cfg.cond_tokens
+    b, n = labels.shape[0], cfg.num_tokens
     device = labels.device
     if len(plans) != b:
         raise ValueError(f"{len(plans)} plans for a batch of {b}")
@@ -89,24 +87,22 @@ def run_plans(model, labels: torch.Tensor, plans: list[Plan], pick: Pick, *, kno
         out.scatter_(1, prev_pos, prev_tok)
     info = DecodeInfo(plans=plans)
     rows = 2 * b if guided else b
-    model.setup_cache(rows, c + n, device=device)
+    model.setup_cache(rows, device=device)
     try:
         for t, size in enumerate(sizes):
             start = k + sum(sizes[:t])
             q_pos = orders[:, start:start + size]  # (B, G)
-            tok_in = torch.cat([prev_tok, torch.full_like(q_pos, model.mask_id)], dim=1)
-            pos_in = torch.cat([prev_pos, q_pos], dim=1)
+            step = model.step_rows(sizes, t, k, prev_tok, prev_pos, q_pos, mutual, block)
             if guided:
-                tok_in, pos_in = tok_in.repeat(2, 1), pos_in.repeat(2, 1)
-            mask = step_mask(sizes, t, c, k, mutual, block, device=device)
-            logits = model.forward_step(labels if t == 0 else None, tok_in, pos_in, mask,
-                                        step_cache_rows(sizes, t, c, k), num_logits=size)  # (rows, G, V)
+                step.tokens, step.positions = step.tokens.repeat(2, 1), step.positions.repeat(2, 1)
+            logits = model.forward_rows(labels if t == 0 else None, step, step=True)  # (rows, G, V)
             info.forward_passes += 1
-            info.rows_per_pass.append(tok_in.shape[0])
+            info.rows_per_pass.append(step.tokens.shape[0])
             info.accepted_per_pass.append(size)
             info.kv_lengths.append(model.cache_length)
             if guided:
-                w = cfg_scales(cfg_schedule, cfg_scale, start - k, size, n - k).to(device, logits.dtype)  # (G,)
+                w = cfg_scales(cfg_schedule, cfg_scale, start - k, size, n - k, t=t,
+                               steps=len(sizes)).to(device, logits.dtype)  # (G,) step t of T = len(sizes)
                 cond, uncond = logits[:b], logits[b:]
                 logits = uncond + w.view(1, -1, 1) * (cond - uncond)
             chosen = pick(t, logits, q_pos)  # (B, G)
@@ -157,8 +153,12 @@ def _jacobi_decoder(name: str):
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# generate(decoder=...) -> decoder(model, schedule, steps, labels, known, decoder_args, sampling) -> (tokens, info)
-DECODERS: dict[str, Callable] = {"plan": _plan_decoder, **{k: _jacobi_decoder(k) for k in JACOBI_DECODERS}}
+# generate(decoder=...) -> decoder(model, schedule, steps, labels, known, decoder_args, sampling) -> (tokens, info);
+# other packages add theirs under the entry-point group "orderlab.decoders"
+DECODERS: Registry[Callable] = Registry("decoder", entry_point_group="orderlab.decoders")
+DECODERS.register("plan", _plan_decoder)
+for _name in JACOBI_DECODERS:
+    DECODERS.register(_name, _jacobi_decoder(_name))
 
 
 @torch.inference_mode()
@@ -169,7 +169,7 @@ def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.T
     """Generate token grids with a schedule at a step budget; exactly one model forward per step.
 
     Args:
-        model: a backbone (FlexTransformer or DecoupledTransformer).
+        model: a backbone (orderlab.model.base.Backbone).
         schedule: a Schedule or a registered name.
         steps: T; None for the schedule's natural budget.
         labels: (B,) class labels (the null label for unconditional samples); their device is the device used.
@@ -193,8 +193,7 @@ def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.T
     """
     cfg = model.config
     model.check_labels(labels)
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder={decoder!r} is not one of {sorted(DECODERS)}")
+    run = DECODERS.get(decoder)  # an unknown name lists the choices
     if decoder_args is not None and not isinstance(decoder_args, dict):
         raise ValueError(f"decoder_args must be a dict or None, got {type(decoder_args).__name__}")
     sampling = dict(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k,
@@ -206,8 +205,7 @@ def generate(model, schedule: Schedule | str, steps: int | None, labels: torch.T
     model.eval()
     try:
         with torch.autocast(labels.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            tokens, info = DECODERS[decoder](model, schedule, steps, labels, known, dict(decoder_args or {}),
-                                             sampling)
+            tokens, info = run(model, schedule, steps, labels, known, dict(decoder_args or {}), sampling)
     finally:
         model.train(was_training)
     tokens = tokens.view(labels.shape[0], cfg.height, cfg.width)

@@ -29,6 +29,14 @@ class DecodeInfo:
     committed_per_pass: list[int] = field(default_factory=list)
     passes_per_sample: list[int] = field(default_factory=list)
 
+    verifies: bool = False
+    """The decoder drafts and verifies tokens (Jacobi): its acceptance statistics belong in result tables."""
+
+    def table_stats(self) -> dict[str, list[int]]:
+        """Per-pass statistics a results table reports for this decoder (none for plan decoding, whose tokens per
+        pass are the plan's group sizes)."""
+        return {"accepted_per_pass": list(self.accepted_per_pass)} if self.verifies else {}
+
     @property
     def passes_per_image(self) -> float:
         """Forward passes one image needed: T for plan decoding (a batch shares them); the mean over samples for

@@ -154,13 +154,17 @@ def _fill_window(st: _State, lo: int, hi: int, window: int, init: str, width: in
     return end
 
 
-def _mask(st: _State, seg_of: list[int], fed: list[int], queries: list[int], head: int, cond_rows: int):
-    """(R, K) bool row-causal mask; R = cond_rows + Rc + Q rows, K = head (cond + cache) + Rc + Q columns."""
+def _visibility(st: _State, seg_of: list[int], fed: list[int], queries: list[int]):
+    """Row-causal visibility between tokens: (Rc, Rc) fed token -> fed token and (Q, Rc) query -> fed token.
+
+    The backbone turns these into rows and a mask (:meth:`orderlab.model.base.Backbone.token_rows`); every row also
+    sees the condition and the exact cached prefix, and a query sees itself among the queries (ARPG-style).
+    """
     pc, pq = torch.tensor(fed, dtype=torch.long), torch.tensor(queries, dtype=torch.long)  # (Rc,), (Q,)
     sc, sq = torch.tensor([seg_of[p] for p in fed]), torch.tensor([seg_of[p] for p in queries])
     settled = torch.tensor([st.settled(p) for p in fed], dtype=torch.bool)  # (Rc,)
     draft = ~settled
-    rc, nq = len(fed), len(queries)
+    rc = len(fed)
     # content row sees: settled before it, itself, and (if a draft) earlier drafts of its own segment
     before = pc.unsqueeze(0) < pc.unsqueeze(1)  # (Rc, Rc) [row, col]
     cc = (settled.unsqueeze(0) & before) | torch.eye(rc, dtype=torch.bool) | (
@@ -168,14 +172,7 @@ def _mask(st: _State, seg_of: list[int], fed: list[int], queries: list[int], hea
     # query at p sees: settled before p and drafts of its own segment before p (following PJD's row-causal mask)
     qbefore = pc.unsqueeze(0) < pq.unsqueeze(1)  # (Q, Rc)
     qc = (settled.unsqueeze(0) & qbefore) | (draft.unsqueeze(0) & (sc.unsqueeze(0) == sq.unsqueeze(1)) & qbefore)
-    k = head + rc + nq
-    mask = torch.zeros(cond_rows + rc + nq, k, dtype=torch.bool)
-    mask[:cond_rows, :cond_rows] = True  # condition rows see the condition only (masks.py)
-    mask[cond_rows:, :head] = True  # everyone sees the condition and the exact cached prefix
-    mask[cond_rows:cond_rows + rc, head:head + rc] = cc
-    mask[cond_rows + rc:, head:head + rc] = qc
-    mask[cond_rows + rc:, head + rc:] = torch.eye(nq, dtype=torch.bool)  # a query sees itself (ARPG-style)
-    return mask, cc
+    return cc, qc
 
 
 def _update(st: _State, windows: list, acc: list, repl: list, fresh: list, top: int, commit: str) -> tuple[int, int]:
@@ -221,7 +218,7 @@ def _decode_one(model, labels: torch.Tensor, segments: list[tuple[int, int]], kn
                 cfg_w: torch.Tensor | None, gen: torch.Generator, info) -> torch.Tensor:
     """Decode one sample (labels: (1,) or (2,) with the null row for CFG); returns its tokens (N,)."""
     cfg = model.config
-    n, v, c = cfg.num_tokens, cfg.vocab_size, cfg.cond_tokens
+    n, v = cfg.num_tokens, cfg.vocab_size
     device = labels.device
     window, init, lag, commit = knobs["window"], knobs["init"], knobs["row_lag"], knobs["commit"]
     dtype = torch.float64 if model.head.weight.dtype == torch.float64 else torch.float32
@@ -229,7 +226,7 @@ def _decode_one(model, labels: torch.Tensor, segments: list[tuple[int, int]], kn
     seg_of = [s for s, (lo, hi) in enumerate(segments) for _ in range(lo, hi)]
     started = [s == 0 for s in range(len(segments))]
     m, done, passes = 0, 0, 0
-    model.setup_cache(labels.shape[0], c + n, device=device)
+    model.setup_cache(labels.shape[0], device=device)
     while done < n:
         for s in range(1, len(segments)):  # PJD: a row starts once the row above has `lag` settled tokens
             lo, hi = segments[s - 1]
@@ -248,14 +245,13 @@ def _decode_one(model, labels: torch.Tensor, segments: list[tuple[int, int]], kn
                 windows.append((s, list(range(e, end)), all(st.settled(x) for x in range(lo, hi))))
         fed = [p for p in range(m, n) if st.status[p] != EMPTY]  # sorted: the exact prefix m.. comes first
         queries = [p for _, ps, _ in windows for p in ps]
-        cond_rows = c if passes == 0 else 0
-        mask, cc = _mask(st, seg_of, fed, queries, c + m, cond_rows)
+        cc, qc = _visibility(st, seg_of, fed, queries)
         fed_tok = st.tok[fed]  # (Rc,)
         rows = labels.shape[0]
-        tok_in = torch.cat([fed_tok, torch.full((len(queries),), model.mask_id)]).to(device).expand(rows, -1)
-        pos_in = torch.tensor(fed + queries, device=device).expand(rows, -1)  # (rows, Rc + Q)
-        logits = model.forward_step(labels if passes == 0 else None, tok_in, pos_in, mask.to(device),
-                                    cond_rows + len(fed), num_logits=len(queries))  # (rows, Q, V)
+        fed_pos = torch.tensor(fed, device=device).expand(rows, -1)  # (rows, Rc)
+        q_pos = torch.tensor(queries, device=device).expand(rows, -1)  # (rows, Q)
+        step = model.token_rows(fed_tok.to(device).expand(rows, -1), fed_pos, q_pos, cc, qc, m, passes == 0)
+        logits = model.forward_rows(labels if passes == 0 else None, step, step=True)  # (rows, Q, V)
         passes += 1
         if cfg_w is not None:  # CFG per raster index, as raster plan decoding does with one token per step
             w = cfg_w[queries].to(device, logits.dtype).unsqueeze(-1)  # (Q, 1)
@@ -275,7 +271,7 @@ def _decode_one(model, labels: torch.Tensor, segments: list[tuple[int, int]], kn
         committed, hits = _update(st, windows, acc, repl, fresh, top, commit)
         done += committed
         m = _exact_prefix(st, fed, fed_tok, cc, m)
-        model.truncate_cache(c + m)
+        model.truncate_cache(model.cache_rows_for(m))
         info.forward_passes += 1
         info.rows_per_pass.append(rows)
         info.accepted_per_pass.append(committed)
@@ -299,9 +295,10 @@ def _decode(model, labels: torch.Tensor, segments, knobs: dict, cfg_scale: float
     if cfg_scale != 1.0:
         if cfg.null_label is None:
             raise ValueError(f"cfg_scale={cfg_scale} needs a model trained with a null class (model.null_class=true)")
-        cfg_w = torch.cat([cfg_scales(cfg_schedule, cfg_scale, i, 1, n) for i in range(n)])  # (N,)
+        # one token per pass in raster order: token i is step t = i of a budget of T = N
+        cfg_w = torch.cat([cfg_scales(cfg_schedule, cfg_scale, i, 1, n, t=i, steps=n) for i in range(n)])  # (N,)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    info = DecodeInfo(decoder=name)
+    info = DecodeInfo(decoder=name, verifies=True)
     out = torch.zeros(labels.shape[0], n, dtype=torch.long, device=labels.device)  # (B, N)
     was_training = model.training
     model.eval()

@@ -1,6 +1,6 @@
 """Teacher-forced scoring: logits and log-likelihoods of given images under given Plans, by two code paths.
 
-``training_logits`` runs one training forward with the Plan's mask; ``stepwise_logits`` feeds the true tokens
+``training_logits`` runs one training forward of the backbone's training layout; ``stepwise_logits`` feeds the true tokens
 through the cached decode loop, one forward per step. They agree by construction, and a test holds them to it.
 """
 
@@ -11,7 +11,6 @@ import math
 import torch
 
 from orderlab.decoding.decode import run_plans
-from orderlab.model.masks import training_mask, training_sequence
 from orderlab.plan import Plan
 
 __all__ = ["training_logits", "stepwise_logits", "token_logprobs", "bits_per_token"]
@@ -26,14 +25,10 @@ def _orders(plans: list[Plan], device) -> tuple[torch.Tensor, tuple[int, ...]]:
 def training_logits(model, labels: torch.Tensor, tokens: torch.Tensor, plans: list[Plan],
                     mutual: bool | None = None, block: bool | None = None) -> torch.Tensor:
     """(B, N, V) logits of every position (row-major) from one training forward under the plans' mask."""
-    cfg = model.config
     b = tokens.shape[0]
     flat = tokens.reshape(b, -1)  # (B, N)
     orders, sizes = _orders(plans, flat.device)
-    seq_tok, seq_pos, _ = training_sequence(flat, orders, sizes, model.mask_id)
-    mask = training_mask(sizes, cfg.cond_tokens, cfg.mutual if mutual is None else mutual,
-                         cfg.block if block is None else block, device=flat.device)
-    logits = model(labels, seq_tok, seq_pos, mask, num_logits=flat.shape[1])  # (B, N, V) in plan order
+    logits = model.plan_logits(labels, torch.gather(flat, 1, orders), orders, sizes, mutual, block)  # plan order
     return torch.empty_like(logits).scatter_(1, orders.unsqueeze(-1).expand_as(logits), logits)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
@@ -51,13 +52,17 @@ class ModelConfig:
     """Attention pattern the model is trained and decoded with: queries of one group see each other (LPD)."""
     block: bool = True
     """Content tokens of one group see each other (LPD); False = causal inside the group."""
-    arch: Literal["flex", "decoupled"] = "flex"
-    """flex: one stream of content + queries; decoupled: ARPG's two-pass model (see orderlab.model.backbones.decoupled)."""
+    arch: str = "stream"
+    """A registered backbone (orderlab.model.registry.list_backbones): stream (content + queries in one stream,
+    LPD), decoupled (ARPG's two-pass model), randar (RandAR's position-instruction tokens), or a plugin's.
+    ``flex`` is the old name of ``stream`` and still loads, with a warning."""
     attention: Literal["sdpa", "flex"] = "sdpa"
     """Attention kernel: SDPA with a dense mask, or FlexAttention with a block mask (compiled on CUDA; skips the
     fully masked blocks of other groups' queries). Same numbers; see orderlab.model.layers.KERNELS."""
     query_depth: int | None = None
     """decoupled only: layers of the query stream (default depth // 2; the content stream gets the rest)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Knobs of the chosen backbone's own (its ``Options`` dataclass), e.g. ``{"mode": "causal"}`` for randar."""
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -76,8 +81,14 @@ class ModelConfig:
             raise ValueError(f"model.position={self.position!r} is not one of ['rope', 'learned']")
         if self.attention not in ("sdpa", "flex"):
             raise ValueError(f"model.attention={self.attention!r} is not one of ['flex', 'sdpa']")
-        if self.arch not in ("flex", "decoupled"):
-            raise ValueError(f"model.arch={self.arch!r} is not one of ['flex', 'decoupled']")
+        if self.arch == "flex":  # renamed in 0.2; old YAMLs and checkpoints say flex
+            warnings.warn("model.backbone.arch='flex' is deprecated; it is now called 'stream'", FutureWarning,
+                          stacklevel=3)
+            self.arch = "stream"
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ValueError(f"model.backbone.arch={self.arch!r} must name a registered backbone")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"model.backbone.options={self.options!r} must be a mapping")
         if self.dim % self.heads or (self.position == "rope" and (self.dim // self.heads) % 4):
             raise ValueError(f"model.dim={self.dim} must split into {self.heads} heads of a size divisible by 4")
 

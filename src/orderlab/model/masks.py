@@ -56,6 +56,7 @@ def _check_sizes(sizes) -> tuple[int, ...]:
 
 
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)  # cached: must serve training even when first built while sampling
 def _training_mask(sizes: tuple[int, ...], num_cond: int, mutual: bool, block: bool) -> torch.Tensor:
     content = [(g, s) for g, s in enumerate(sizes[:-1])]
     items = _items(num_cond, content, list(enumerate(sizes)))
@@ -69,6 +70,7 @@ def training_mask(sizes, num_cond: int = 1, mutual: bool = True, block: bool = T
 
 
 @lru_cache(maxsize=512)
+@torch.inference_mode(False)  # cached: must serve training even when first built while sampling
 def _step_mask(sizes: tuple[int, ...], t: int, num_cond: int, num_known: int, mutual: bool, block: bool):
     known = [(-1, num_known)] if num_known else []
     cols = _items(num_cond, known + [(g, sizes[g]) for g in range(t)], [(t, sizes[t])])

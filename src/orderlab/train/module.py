@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from orderlab import seeding
 from orderlab.model.config import ModelConfig, check_data_matches, drop_labels
-from orderlab.model.masks import training_mask, training_sequence
 from orderlab.model.registry import build_model
 from orderlab.plan import Plan
 from orderlab.schedule import Schedule, get_schedule
@@ -41,7 +40,7 @@ class OrderModule(L.LightningModule):
     """Train a flexible-order backbone on plans from a training schedule.
 
     Args:
-        backbone: the backbone's config (``arch`` flex | decoupled, preset or depth/dim/heads, grid, vocabulary).
+        backbone: the backbone's config (``arch`` a registered backbone, preset or depth/dim/heads, grid, vocabulary).
         train_schedule: registered name or Schedule (class_path) whose plans train the model; "random" is
             LPD's recipe.
         budgets: step budgets T; each training batch draws one uniformly (None: N, N/2, ... 4).
@@ -121,11 +120,8 @@ class OrderModule(L.LightningModule):
         b = tokens.shape[0]
         flat = tokens.reshape(b, -1).long()  # (B, N)
         orders = torch.stack([p.order for p in plans]).to(flat.device)  # (B, N)
-        sizes = plans[0].sizes
-        seq_tok, seq_pos, targets = training_sequence(flat, orders, sizes, self.model.mask_id)
-        mask = training_mask(sizes, self.config.cond_tokens, self.config.mutual, self.config.block,
-                             device=flat.device)
-        logits = self.model(labels, seq_tok, seq_pos, mask, num_logits=flat.shape[1])  # (B, N, V) in plan order
+        targets = torch.gather(flat, 1, orders)  # (B, N) in plan order
+        logits = self.model.plan_logits(labels, targets, orders, plans[0].sizes)  # (B, N, V) in plan order
         nats = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, N)
         return nats.mean(), nats
 

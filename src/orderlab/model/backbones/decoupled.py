@@ -3,9 +3,9 @@
 Pass 1 runs causal (or group-block) self-attention over ``[cond] + content``; its output is normalised and
 projected ONCE to a key/value set that every pass-2 layer shares. Pass 2 starts each query from the ``[MASK]``
 embedding at its target position and only cross-attends to that shared K/V. Queries never see each other, so the
-``mutual`` knob does not apply. It takes the same layouts and masks as :class:`~orderlab.model.backbones.stream.FlexTransformer`
-(rows holding ``mask_id`` are queries) and decodes with the same loop; its cache holds the pass-1 layers plus one
-shared K/V instead of every layer.
+``mutual`` knob does not apply. It keeps the default layout of :class:`~orderlab.model.base.Backbone` (rows holding
+``mask_id`` are queries, after every content row) and decodes with the same loop; its cache holds the pass-1 layers
+plus one shared K/V instead of every layer.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orderlab.model.base import _Base
+from orderlab.model.base import QUERY, Backbone, Rows, _CacheSlot
 from orderlab.model.config import ModelConfig
-from orderlab.model.layers import Block, KVCache, RMSNorm, SwiGLU, apply_rope, attend
+from orderlab.model.layers import Block, RMSNorm, SwiGLU, apply_rope, attend
+from orderlab.model.registry import register_backbone
 
 __all__ = ["DecoupledTransformer"]
 
@@ -52,8 +53,11 @@ class CrossBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class DecoupledTransformer(_Base):
+@register_backbone("decoupled")
+class DecoupledTransformer(Backbone):
     """Content stream (``depth - query_depth`` blocks) + one shared K/V + query stream (``query_depth`` blocks)."""
+
+    mutual_queries = False
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -66,7 +70,7 @@ class DecoupledTransformer(_Base):
         self.content_norm = RMSNorm(c.dim)
         self.to_k = nn.Linear(c.dim, c.dim, bias=False)
         self.to_v = nn.Linear(c.dim, c.dim, bias=False)
-        self.shared: KVCache | None = None
+        self.shared = _CacheSlot()  # the one K/V set every pass-2 layer reads
         self._init_weights()
 
     def _shared_kv(self, h: torch.Tensor, rope):
@@ -85,14 +89,17 @@ class DecoupledTransformer(_Base):
         if bool((qq & ~torch.eye(num_query, dtype=torch.bool, device=mask.device)).any()):
             raise ValueError("the decoupled backbone cannot make queries see each other: set model.mutual=false")
 
-    def _queries(self, x_q, rope_q, k, v, mask_q, num_logits):
+    def _queries(self, x_q, rope_q, k, v, mask_q, num_logits, logit_rows, first: int):
+        """Pass 2 over the query rows x_q (rows ``first``.. of the forward); logits of the chosen ones."""
         for blk in self.query_blocks:
             x_q = blk(x_q, rope_q, k, v, mask_q)
-        if num_logits is not None:
-            x_q = x_q[:, -num_logits:]
-        return self.head(self.norm(x_q))
+        if logit_rows is not None:
+            logit_rows = logit_rows - first
+            if bool((logit_rows < 0).any()):
+                raise ValueError("the decoupled backbone has logits for its query rows only")
+        return self.head(self.norm(self.select_rows(x_q, num_logits, logit_rows)))
 
-    def forward(self, labels, tokens, positions, mask, num_logits=None):
+    def forward(self, labels, tokens, positions, mask, num_logits=None, logit_rows=None):
         """Training forward; same arguments as FlexTransformer.forward, logits only for query rows."""
         x, pos = self.embed(labels, tokens, positions)  # (B, C + L, D)
         nq = int((tokens[0] == self.mask_id).sum())
@@ -109,9 +116,9 @@ class DecoupledTransformer(_Base):
         for blk in self.content_blocks:
             h = blk(h, rope_c, mask[:lc, :lc])
         k, v = self._shared_kv(h, rope_c)
-        return self._queries(x[:, lc:], rope_q, k, v, mask[lc:, :lc], num_logits)
+        return self._queries(x[:, lc:], rope_q, k, v, mask[lc:, :lc], num_logits, logit_rows, lc)
 
-    def forward_step(self, labels, tokens, positions, mask, cache_rows, num_logits=None):
+    def forward_step(self, labels, tokens, positions, mask, cache_rows, num_logits=None, logit_rows=None):
         """Cached decode step; same arguments as FlexTransformer.forward_step."""
         x, pos = self.embed(labels, tokens, positions)  # (B, R, D)
         nq = x.shape[1] - cache_rows
@@ -124,40 +131,25 @@ class DecoupledTransformer(_Base):
         h = x[:, :cache_rows]
         for blk in self.content_blocks:
             h = blk(h, rope_c, mask[:cache_rows, :kc], cache_rows)
-        if self.shared is None:
+        shared = self.shared.cache
+        if shared is None:
             raise RuntimeError("step mode needs a KV cache: call setup_cache() first")
-        k, v = self.shared.append(*self._shared_kv(h, rope_c)) if cache_rows else (
-            self.shared.k[:, :, :self.shared.length], self.shared.v[:, :, :self.shared.length])
+        k, v = shared.append(*self._shared_kv(h, rope_c)) if cache_rows else (
+            shared.k[:, :, :shared.length], shared.v[:, :, :shared.length])
         if nq == 0:
             return x.new_zeros(x.shape[0], 0, self.config.vocab_size)
-        return self._queries(x[:, cache_rows:], rope_q, k, v, mask[cache_rows:, :kc], num_logits)
+        return self._queries(x[:, cache_rows:], rope_q, k, v, mask[cache_rows:, :kc], num_logits, logit_rows,
+                             cache_rows)
 
-    def setup_cache(self, batch: int, slots: int | None = None, device=None, dtype=None) -> None:
-        c = self.config
-        slots = slots or c.cond_tokens + c.num_tokens
-        p = self.head.weight
-        device, dtype = device or p.device, dtype or p.dtype
-        for blk in self.content_blocks:
-            blk.attn.cache = KVCache(batch, c.heads, slots, c.dim // c.heads, device, dtype)
-        self.shared = KVCache(batch, c.heads, slots, c.dim // c.heads, device, dtype)
-
-    def reset_cache(self) -> None:
-        for blk in self.content_blocks:
-            blk.attn.cache = None
-        self.shared = None
-
-    @property
-    def cache_length(self) -> int:
-        return 0 if self.shared is None else self.shared.length
-
-    def truncate_cache(self, length: int) -> None:
-        for blk in self.content_blocks:
-            blk.attn.cache.truncate(length)
-        self.shared.truncate(length)
-
-    def cache_nbytes(self) -> int:
-        return super().cache_nbytes() + (self.shared.nbytes if self.shared is not None else 0)
+    def cache_owners(self) -> list:
+        return [blk.attn for blk in self.content_blocks] + [self.shared]
 
     def attention_modules(self) -> list[nn.Module]:
         """Pass-1 self-attention modules, then pass-2 cross-attention modules (where the queries look)."""
         return [blk.attn for blk in self.content_blocks] + [blk.attn for blk in self.query_blocks]
+
+    def attention_views(self, rows: Rows):
+        """Pass-1 layers see the non-query rows only; pass-2 layers are the query rows against those as keys."""
+        query = torch.nonzero(rows.kinds == QUERY).flatten()
+        other = torch.nonzero(rows.kinds != QUERY).flatten()
+        return [(other, other)] * len(self.content_blocks) + [(query, other)] * len(self.query_blocks)

@@ -1,9 +1,9 @@
-"""The flexible-order backbone: tokens, grid positions and a mask in, logits out, with a KV-cache API.
+"""The query-stream backbone (arch ``stream``; ``flex`` is its old, deprecated name), following LPD.
 
-A content token is its embedding at its own grid position; a query token is one learned ``[MASK]`` embedding at
-its *target* position (2D RoPE, or a learned absolute embedding). Condition tokens (class, or the null class
-for classifier-free guidance) come first. The model imports nothing from schedules and knows nothing of orders:
-callers build masks with :mod:`orderlab.model.masks`.
+One stream of condition, content and query rows through ``depth`` LlamaGen blocks. A content row is a token's
+embedding at its own grid position; a query row is the learned ``[MASK]`` embedding at its *target* position
+(2D RoPE, or a learned absolute embedding). It uses the default layout of :class:`~orderlab.model.base.Backbone`
+(:mod:`orderlab.model.masks`) and imports nothing from schedules.
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orderlab.model.base import _Base
+from orderlab.model.base import Backbone
 from orderlab.model.config import ModelConfig
-from orderlab.model.layers import Block, KVCache
+from orderlab.model.layers import Block
+from orderlab.model.registry import register_backbone
 
-__all__ = ["FlexTransformer"]
+__all__ = ["StreamTransformer", "FlexTransformer"]
 
 
-class FlexTransformer(_Base):
-    """One stream of condition, content and query tokens through ``depth`` LlamaGen blocks (LPD / RandAR style)."""
+@register_backbone("stream")
+class StreamTransformer(Backbone):
+    """Condition, content and query rows in one stream; queries of a group may see each other (``mutual``)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -28,7 +30,7 @@ class FlexTransformer(_Base):
         self._init_weights()
 
     def forward(self, labels: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                num_logits: int | None = None) -> torch.Tensor:
+                num_logits: int | None = None, logit_rows: torch.Tensor | None = None) -> torch.Tensor:
         """One training forward over ``[cond (C)] + tokens``.
 
         Args:
@@ -36,20 +38,19 @@ class FlexTransformer(_Base):
             tokens: (B, L) token ids, ``mask_id`` for query rows.
             positions: (B, L) row-major grid positions (targets for queries).
             mask: (C + L, C + L) bool, True = may attend.
-            num_logits: return logits of the last rows only (the queries); None for all rows.
+            num_logits: logits of the last rows only; logit_rows: of these rows; neither: of all C + L rows.
         Returns:
-            logits (B, num_logits or C + L, V).
+            logits (B, G, V).
         """
         x, pos = self.embed(labels, tokens, positions)  # (B, C + L, D)
         rope = self.rope(pos, x.dtype)
         for blk in self.blocks:
             x = blk(x, rope, mask)
-        if num_logits is not None:
-            x = x[:, -num_logits:]
-        return self.head(self.norm(x))
+        return self.head(self.norm(self.select_rows(x, num_logits, logit_rows)))
 
     def forward_step(self, labels: torch.Tensor | None, tokens: torch.Tensor, positions: torch.Tensor,
-                     mask: torch.Tensor, cache_rows: int, num_logits: int | None = None) -> torch.Tensor:
+                     mask: torch.Tensor, cache_rows: int, num_logits: int | None = None,
+                     logit_rows: torch.Tensor | None = None) -> torch.Tensor:
         """One cached decode step: the first ``cache_rows`` rows (condition rows included) join the KV cache.
 
         Args:
@@ -61,31 +62,10 @@ class FlexTransformer(_Base):
         rope = self.rope(pos, x.dtype)
         for blk in self.blocks:
             x = blk(x, rope, mask, cache_rows)
-        if num_logits is not None:
-            x = x[:, -num_logits:]
-        return self.head(self.norm(x))
-
-    def setup_cache(self, batch: int, slots: int | None = None, device=None, dtype=None) -> None:
-        """Allocate a KV cache of ``slots`` (default C + N) entries per layer for ``batch`` rows."""
-        c = self.config
-        slots = slots or c.cond_tokens + c.num_tokens
-        p = self.head.weight
-        for blk in self.blocks:
-            blk.attn.cache = KVCache(batch, c.heads, slots, c.dim // c.heads, device or p.device, dtype or p.dtype)
-
-    def reset_cache(self) -> None:
-        for blk in self.blocks:
-            blk.attn.cache = None
-
-    @property
-    def cache_length(self) -> int:
-        cache = self.blocks[0].attn.cache
-        return 0 if cache is None else cache.length
-
-    def truncate_cache(self, length: int) -> None:
-        for blk in self.blocks:
-            blk.attn.cache.truncate(length)
+        return self.head(self.norm(self.select_rows(x, num_logits, logit_rows)))
 
     def attention_modules(self) -> list[nn.Module]:
-        """The attention module of every layer, in depth order (for the attention probe)."""
         return [blk.attn for blk in self.blocks]
+
+
+FlexTransformer = StreamTransformer  # the class's old name, kept for code written against it
