@@ -43,7 +43,7 @@ def test_experiment_runs(path, digits_root, tiny_ckpt, tmp_path):
         assert cli.trainer.global_step == 2
         # what the YAML chose beyond the tiny override is kept (arch, knobs, schedule)
         back = cfg["model"]["backbone"]
-        for key in ("arch", "mutual", "block", "position"):
+        for key in ("arch", "mutual", "block", "position", "options"):
             if key in back:
                 assert getattr(cli.model.config, key) == back[key], key
     elif k == "evaluate":

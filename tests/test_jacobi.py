@@ -106,7 +106,7 @@ def test_bad_knobs_fail_clearly():
         (dict(decoder="sjd", decoder_args=dict(window=0)), r"decoder_args\['window'\]=0 must be an int >= 1"),
         (dict(decoder="sjd", decoder_args=dict(window=2.5)), r"decoder_args\['window'\]=2.5"),
         (dict(decoder="pjd", decoder_args=dict(init="zeros")), r"decoder_args\['init'\]='zeros' is not one of"),
-        (dict(decoder="pjd", decoder_args=dict(row_lag=W + 1)), r"decoder_args\['row_lag'\]=5 must be None or"),
+        (dict(decoder="pjd", decoder_args=dict(row_lag=W + 1)), r"decoder_args\['row_lag'\]=5 must be an int in 1..4"),
         (dict(decoder="pjd", decoder_args=dict(commit="lazy")), r"decoder_args\['commit'\]='lazy'"),
         (dict(decoder="plan", decoder_args=dict(window=3)), "decoder 'plan' takes no decoder_args"),
         (dict(decoder="sjd", decoder_args=[3]), "decoder_args must be a dict"),

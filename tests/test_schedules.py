@@ -327,9 +327,9 @@ def test_budget_outside_grid_is_named(name, steps):
         get_schedule(name).plan(8, 8, steps)
 
 
-@pytest.mark.parametrize("h, w, needle", [(0, 5, "height must be an int >= 1, got 0"),
-                                          (5, 0, "width must be an int >= 1, got 0"),
-                                          (2.0, 5, "height must be an int >= 1, got 2.0")])
+@pytest.mark.parametrize("h, w, needle", [(0, 5, "height=0 must be an int >= 1"),
+                                          (5, 0, "width=0 must be an int >= 1"),
+                                          (2.0, 5, "height=2.0 must be an int >= 1")])
 def test_empty_or_bad_grid(h, w, needle):
     with pytest.raises(PlanError) as err:
         get_schedule("random").plan(h, w, 1)

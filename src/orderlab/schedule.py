@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from orderlab.checks import check_positive_int
 from orderlab.plan import Plan, PlanError
 from orderlab.registry import Registry
 from orderlab.sizes import SizeSpec, resolve_sizes
@@ -27,8 +28,7 @@ ENTRY_POINT_GROUP = "orderlab.schedules"
 
 def _grid(height: int, width: int) -> int:
     for key, v in (("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise PlanError(f"{key} must be an int >= 1, got {v!r}")
+        check_positive_int(v, key, error=PlanError)
     return height * width
 
 
@@ -128,7 +128,7 @@ def fit_groups(groups: list[torch.Tensor], steps: int) -> list[torch.Tensor]:
     members, first half first; within-group orders walk along the structure, so halves stay spread out.
     """
     n = sum(int(g.numel()) for g in groups)
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:  # "N=" says what bounds it
         raise PlanError(f"steps={steps!r} is outside 1..N={n}")
     out = list(groups)
     while len(out) > steps:

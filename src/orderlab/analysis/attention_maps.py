@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from orderlab.checks import check_positive_int
 from orderlab.decoding.decode import make_plans
 from orderlab.model.base import COND, CONTENT, QUERY, Rows
 from orderlab.model.masks import training_mask
@@ -173,8 +174,7 @@ def locality_from_weights(weights: dict[int, torch.Tensor], plans: list[Plan], n
         num_content: Nc (default N - sizes[-1], the stream layout's).
         visible: (N, Nc) bool, query j may see content k (default: the stream layout's training mask).
     """
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-        raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+    check_positive_int(radius, "radius", minimum=0)
     orders, sizes = _check_plans(plans)
     h, w = plans[0].height, plans[0].width
     b, n = orders.shape

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from orderlab.checks import check_positive_int
 from orderlab.data.atomic import atomic_write_bytes
 from orderlab.decoding.decode import generate
 from orderlab.model.config import ModelConfig
@@ -108,8 +109,7 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
     if what != "decode":
         raise ValueError(f"unknown benchmark {what!r}; choose one of ['decode']")
     for key, value in (("repeats", repeats), *((f"batches[{i}]", b) for i, b in enumerate(batches))):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}={value!r} must be an int >= 1")
+        check_positive_int(value, key)
     archs = tuple(list_backbones() if archs is None else archs)
     if not batches or not archs:
         raise ValueError(f"batches={list(batches)} and archs={list(archs)} must not be empty")

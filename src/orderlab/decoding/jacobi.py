@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import torch
 
+from orderlab.checks import check_positive_int
 from orderlab.decoding.info import DecodeInfo
 from orderlab.decoding.sampling import cfg_scales, filter_logits
 from orderlab.schedule import get_schedule
@@ -67,14 +68,13 @@ def check_decoder_args(decoder: str, args: dict | None, width: int) -> dict:
         raise ValueError(f"decoder {decoder!r} has no knob {bad[0]!r}; its knobs are {sorted(known)}")
     out = {**known, **args}
     w = out["window"]
-    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-        raise ValueError(f"decoder_args['window']={w!r} must be an int >= 1")
+    check_positive_int(w, "decoder_args['window']")
     if out["init"] not in INITS:
         raise ValueError(f"decoder_args['init']={out['init']!r} is not one of {list(INITS)}")
     if decoder == "pjd":
         lag = out["row_lag"]
-        if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or not 1 <= lag <= width):
-            raise ValueError(f"decoder_args['row_lag']={lag!r} must be None or an int in 1..W={width}")
+        if lag is not None:
+            check_positive_int(lag, "decoder_args['row_lag']", maximum=width)
         if out["commit"] not in COMMITS:
             raise ValueError(f"decoder_args['commit']={out['commit']!r} is not one of {list(COMMITS)}")
     return out

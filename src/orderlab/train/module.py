@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from orderlab import seeding
+from orderlab.checks import check_positive_int
 from orderlab.model.config import ModelConfig, check_data_matches, drop_labels
 from orderlab.model.registry import build_model
 from orderlab.plan import Plan
@@ -66,10 +67,8 @@ class OrderModule(L.LightningModule):
         n = cfg.num_tokens
         self.train_plans = get_schedule(train_schedule)  # unknown names raise, listing the choices
         self.budgets = list(budgets) if budgets else default_budgets(n)
-        bad = [t for t in self.budgets if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= n]
-        if bad:
-            raise ValueError(f"model.budgets={self.budgets}: {bad[0]!r} is outside 1..N={n} "
-                             f"({cfg.height}x{cfg.width} grid)")
+        for i, t in enumerate(self.budgets):  # N = the model's grid
+            check_positive_int(t, f"model.budgets[{i}]", maximum=n)
         if val_steps is not None and not 1 <= val_steps <= n:
             raise ValueError(f"model.val_steps={val_steps} is outside 1..N={n}")
         if not 0.0 <= label_dropout < 1.0:
