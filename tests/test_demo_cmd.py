@@ -169,7 +169,7 @@ def test_evaluate_and_sample_commands(tiny_ckpt, digits_root, tmp_path, capsys):
     main(["sample", "--ckpt", tiny_ckpt, "--known", str(tmp_path / "s.npy"), "--region", "rows=4:8",
           "--out", str(tmp_path / "inp.png")])
     inp = np.load(tmp_path / "inp.npy")
-    assert inp.shape == (4, 8, 8) and (inp[:, :4] == first[:, :4]).all()  # more in tests/test_sample_known.py
+    assert inp.shape == (4, 8, 8) and (inp[:, :4] == first[:, :4]).all()  # more in tests/test_sample_cmd.py
     capsys.readouterr()
     # a raster model's Jacobi decoding from the command line, with its knobs; greedy SJD equals greedy raster
     main(["sample", "--ckpt", tiny_ckpt, "--schedule", "raster", "--num", "2", "--temperature", "0", "--out",
