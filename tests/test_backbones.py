@@ -60,7 +60,7 @@ def test_the_builtins_are_registered_and_flex_is_an_alias():
     assert type(model).__name__ == "StreamTransformer" and model.config.arch == "stream"
     with pytest.raises(ValueError, match="unknown backbone 'no-such-plugin'.*choose one of"):
         tiny_model("no-such-plugin")
-    with pytest.raises(ValueError, match="model.options.mdoe: backbone 'randar' has no such option; did you mean"):
+    with pytest.raises(ValueError, match="model.backbone.options.mdoe: backbone 'randar' has no such option; did you mean"):
         tiny_model("randar", options={"mdoe": "causal"})
 
 
@@ -288,3 +288,11 @@ def test_attention_maps_account_for_every_query(name):
         assert out.content_mass[layer] + out.cond_mass[layer] + out.query_mass[layer] == pytest.approx(1, abs=1e-6)  # the probe keeps float32
         assert float(out.maps[layer].sum()) == pytest.approx(out.content_mass[layer], abs=1e-6)
         assert float(out.maps[layer][2, 3]) == 0.0  # no query sees its own target
+
+
+def test_decoupled_cache_is_smaller():
+    stream, dec = tiny_model("stream", depth=4), tiny_model("decoupled", mutual=False, depth=4)
+    for m in (stream, dec):
+        m.setup_cache(2)
+    # 2 content layers + 1 shared K/V against 4 layers
+    assert dec.cache_nbytes() * 4 == stream.cache_nbytes() * 3

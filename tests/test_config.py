@@ -6,7 +6,6 @@ from orderlab.decoding.decode import make_plans
 from orderlab.decoding.scoring import training_logits
 from orderlab.model.config import PRESETS, ModelConfig, drop_labels
 from orderlab.model.masks import training_mask
-from orderlab.model.probe import probe_attention
 from orderlab.model.registry import build_model
 
 H, W = 4, 5
@@ -43,32 +42,3 @@ def test_drop_labels_is_seeded():
     a = drop_labels(labels, 0.3, 10, torch.Generator().manual_seed(0))
     b = drop_labels(labels, 0.3, 10, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and 10 < (a == 10).sum() < 50
-
-
-def test_attention_probe_is_off_by_default_and_records_when_on():
-    model = tiny_model()
-    tokens = torch.randint(0, 7, (2, H, W))
-    plans, _ = make_plans("random", H, W, 5, 2, seed=0)
-    labels = torch.tensor([0, 1])
-    assert all(m.probe is None for m in model.attention_modules())
-    base = training_logits(model, labels, tokens, plans)
-    with probe_attention(model, layers=[0, 2]) as probe:
-        probed = training_logits(model, labels, tokens, plans)
-    assert all(m.probe is None for m in model.attention_modules())
-    torch.testing.assert_close(base, probed)
-    assert sorted(probe.weights) == [0, 2] and len(probe.weights[0]) == 1
-    w = probe.weights[2][0]
-    n_rows = 1 + (H * W - plans[0].sizes[-1]) + H * W
-    assert w.shape == (2, 2, n_rows, n_rows)
-    torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, n_rows))
-    with pytest.raises(ValueError, match="do not exist"):
-        with probe_attention(model, layers=[7]):
-            pass
-
-
-def test_decoupled_cache_is_smaller():
-    flex, dec = tiny_model("stream", depth=4), tiny_model("decoupled", mutual=False, depth=4)
-    for m in (flex, dec):
-        m.setup_cache(2)
-    # 2 content layers + 1 shared K/V against 4 layers
-    assert dec.cache_nbytes() * 4 == flex.cache_nbytes() * 3

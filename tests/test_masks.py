@@ -1,7 +1,8 @@
 import pytest
 import torch
+from helpers import tiny_model
 
-from orderlab.model.masks import step_cache_rows, step_mask, training_mask, training_sequence
+from orderlab.model.masks import step_cache_rows, step_mask, training_mask
 
 
 def test_training_mask_matches_the_table():
@@ -57,13 +58,16 @@ def test_step_masks_are_the_rows_of_the_training_mask():
     assert step_cache_rows(sizes, 0, 1, 0) == 1 and step_cache_rows(sizes, 2, 1, 0) == 2
 
 
-def test_training_sequence_gathers_plan_order():
-    tokens = torch.tensor([[10, 11, 12, 13]])
+def test_the_default_training_layout_gathers_plan_order():
+    """The stream layout (Backbone.train_rows): content of every group but the last, then one query per target."""
+    model = tiny_model(height=2, width=2)
     orders = torch.tensor([[2, 0, 3, 1]])
-    seq, pos, tgt = training_sequence(tokens, orders, (1, 1, 2), mask_id=99)
-    assert tgt.tolist() == [[12, 10, 13, 11]]
-    assert seq.tolist() == [[12, 10, 99, 99, 99, 99]]
-    assert pos.tolist() == [[2, 0, 2, 0, 3, 1]]
+    targets = torch.gather(torch.tensor([[10, 11, 12, 13]]), 1, orders)  # plan order: [[12, 10, 13, 11]]
+    rows = model.train_rows(targets, orders, (1, 1, 2))
+    q = model.mask_id
+    assert rows.tokens.tolist() == [[12, 10, q, q, q, q]]
+    assert rows.positions.tolist() == [[2, 0, 2, 0, 3, 1]]
+    assert rows.logit_rows.tolist() == [3, 4, 5, 6] and torch.equal(rows.mask, training_mask((1, 1, 2), 1))
 
 
 def test_bad_sizes_and_steps():

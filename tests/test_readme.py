@@ -100,6 +100,7 @@ def test_readme_workflow_runs_as_written(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs/digits/locality8/last.ckpt").resolve().is_file()
 
 
+@pytest.mark.slow
 def test_last_ckpt_link_follows_the_newest_run(digits_root, tmp_path):
     """``<save_dir>/<name>/last.ckpt`` (the path the README names) links to the newest numbered run's last.ckpt."""
     from orderlab.train.lightning_cli import run_lightning_cli

@@ -52,6 +52,7 @@ def test_cache_folder_rule(monkeypatch, tmp_path):
     assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "orderlab")
 
 
+@pytest.mark.slow
 def test_evaluate_sample_search_and_demo_leave_inputs_untouched(tiny_ckpt, digits_root, tmp_path, cache,
                                                                  monkeypatch):
     ckpt_dir = os.path.dirname(tiny_ckpt)

@@ -39,6 +39,7 @@ def load(out):
     return json.loads((Path(out) / "trials.json").read_text())["rows"]
 
 
+@pytest.mark.slow
 def test_inference_search_writes_pareto_and_resumes(tiny_ckpt, tmp_path, capsys):
     spec = spec_for(tmp_path, tiny_ckpt, SPACE)
     summary = run_search(spec, None, n_trials=3)
@@ -67,6 +68,7 @@ def test_inference_search_writes_pareto_and_resumes(tiny_ckpt, tmp_path, capsys)
     assert new_params[3] != new_params[0], "a rerun draws fresh parameters instead of repeating the first ones"
 
 
+@pytest.mark.slow
 def test_failed_trial_is_recorded_with_its_reason_and_the_study_goes_on(tiny_ckpt, tmp_path):
     space = {"schedule": {"type": "categorical", "choices": ["random"]},
              "steps": {"type": "int", "low": 63, "high": 66}}  # N = 64: 65 and 66 are invalid budgets
@@ -83,6 +85,7 @@ def test_failed_trial_is_recorded_with_its_reason_and_the_study_goes_on(tiny_ckp
     assert "fail_reason" in (Path(spec.out) / "trials.md").read_text()
 
 
+@pytest.mark.slow
 def test_fixed_budget_single_objective(tiny_ckpt, tmp_path):
     space = {"schedule": {"type": "categorical", "choices": ["random", "locality"]},
              "knobs.repulsion": {"type": "int", "low": 0, "high": 2, "when": {"schedule": "locality"}}}

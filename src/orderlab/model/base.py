@@ -94,7 +94,7 @@ class Backbone(nn.Module):
         if bad:
             from orderlab.suggest import did_you_mean
 
-            raise ValueError(f"model.options.{bad[0]}: backbone {cls.name!r} has no such option"
+            raise ValueError(f"model.backbone.options.{bad[0]}: backbone {cls.name!r} has no such option"
                              f"{did_you_mean(bad[0], fields)}; its options are {sorted(fields)}")
         return cls.Options(**options)
 

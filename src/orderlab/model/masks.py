@@ -1,4 +1,5 @@
-"""Attention masks and sequence layouts derived from a Plan's group structure (pure functions).
+"""Attention masks of the default (query-stream) layout, derived from a Plan's group structure (pure functions);
+:class:`orderlab.model.base.Backbone` lays out the rows they belong to.
 
 Training layout: ``[cond (C)] + [content of groups 0..T-2 in plan order] + [one query per target, N]``; the last
 group's content is dropped because nothing ever attends to it (following LPD). Decode step t feeds
@@ -19,7 +20,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["training_mask", "step_mask", "step_cache_rows", "training_sequence", "COND", "CONTENT", "QUERY"]
+__all__ = ["training_mask", "step_mask", "step_cache_rows", "COND", "CONTENT", "QUERY"]
 
 COND, CONTENT, QUERY = 0, 1, 2
 
@@ -93,26 +94,3 @@ def step_mask(sizes, t: int, num_cond: int = 1, num_known: int = 0, mutual: bool
 def step_cache_rows(sizes, t: int, num_cond: int = 1, num_known: int = 0) -> int:
     """How many leading rows of decode step t join the KV cache (cond + known at t = 0, else group t-1)."""
     return num_cond + num_known if t == 0 else int(sizes[t - 1])
-
-
-def training_sequence(tokens: torch.Tensor, orders: torch.Tensor, sizes, mask_id: int):
-    """Gather the training layout (without the cond rows) from raster tokens and per-sample orders.
-
-    Args:
-        tokens: (B, N) token ids in row-major order.
-        orders: (B, N) each sample's generation order (all with the same group sizes).
-        sizes: the shared group sizes.
-        mask_id: the token id that marks a query row.
-    Returns:
-        seq_tokens (B, Nc + N), seq_positions (B, Nc + N), targets (B, N) in plan order, with Nc = N - sizes[-1].
-    """
-    sizes = _check_sizes(sizes)
-    b, n = tokens.shape
-    if tuple(orders.shape) != (b, n) or sum(sizes) != n:
-        raise ValueError(f"orders {tuple(orders.shape)} and sizes (sum {sum(sizes)}) do not fit tokens {(b, n)}")
-    nc = n - sizes[-1]
-    targets = torch.gather(tokens, 1, orders)  # (B, N)
-    queries = torch.full((b, n), mask_id, dtype=tokens.dtype, device=tokens.device)  # (B, N)
-    seq_tokens = torch.cat([targets[:, :nc], queries], dim=1)  # (B, Nc + N)
-    seq_positions = torch.cat([orders[:, :nc], orders], dim=1)  # (B, Nc + N)
-    return seq_tokens, seq_positions, targets

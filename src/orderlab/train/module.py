@@ -67,8 +67,11 @@ class OrderModule(L.LightningModule):
         n = cfg.num_tokens
         self.train_plans = get_schedule(train_schedule)  # unknown names raise, listing the choices
         self.budgets = list(budgets) if budgets else default_budgets(n)
-        for i, t in enumerate(self.budgets):  # N = the model's grid
-            check_positive_int(t, f"model.budgets[{i}]", maximum=n)
+        for i, t in enumerate(self.budgets):
+            try:
+                check_positive_int(t, f"model.budgets[{i}]", maximum=n)
+            except ValueError as err:  # say where the bound comes from
+                raise ValueError(f"{err} (N={n}, the {cfg.height}x{cfg.width} grid)") from None
         if val_steps is not None and not 1 <= val_steps <= n:
             raise ValueError(f"model.val_steps={val_steps} is outside 1..N={n}")
         if not 0.0 <= label_dropout < 1.0:

@@ -115,7 +115,7 @@ class RandARTransformer(Backbone):
         super().__init__(config)
         c = config
         if self.options.mode not in MODES:
-            raise ValueError(f"model.options.mode={self.options.mode!r} is not one of {list(MODES)}")
+            raise ValueError(f"model.backbone.options.mode={self.options.mode!r} is not one of {list(MODES)}")
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, self.hidden, c.dropout) for _ in range(c.depth))
         self.instruct = nn.Parameter(torch.zeros(c.dim))  # RandAR's pos_instruct_embeddings
         self._init_weights()
