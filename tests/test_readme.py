@@ -41,7 +41,7 @@ OVERRIDES: dict[str, list[str]] = {
     "sample": [],
     "schedules": [],
     "bench": ["--grid", "4", "--depth", "1", "--dim", "16", "--heads", "2", "--vocab", "16", "--batches", "[1]",
-              "--repeats", "1", "--archs", "[flex]"],
+              "--repeats", "1", "--archs", "[stream]"],
     "search": ["--n_trials", "2", "--evaluate.num_samples", "16"],
 }
 

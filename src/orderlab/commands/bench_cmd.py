@@ -7,6 +7,7 @@ one run on one machine; wall times on a shared machine are noisy, so each row re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import resource
@@ -123,8 +124,9 @@ def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, di
     else:
         for arch in archs:
             cfg = ModelConfig(vocab_size=vocab, height=grid, width=grid, num_classes=10, depth=depth, dim=dim,
-                              heads=heads, arch=arch, mutual=get_backbone(arch).mutual_queries, attention=attention)
-            models.append((arch, build_model(cfg)))
+                              heads=heads, arch=arch, attention=attention)  # resolves old names (flex -> stream)
+            cfg = dataclasses.replace(cfg, mutual=get_backbone(cfg.arch).mutual_queries)
+            models.append((cfg.arch, build_model(cfg)))
     rows = []
     for arch, model in models:
         n = model.config.num_tokens
