@@ -7,4 +7,6 @@ from orderlab.schedules.multiscale import Multiscale
 from orderlab.schedules.random import Random
 from orderlab.schedules.raster import Raster
 
-__all__ = ["Diagonal", "LShape", "Locality", "Multiscale", "Random", "Raster"]
+from orderlab.plan_bank import Bank  # noqa: E402  (plans from a file: registered, not in list_schedules())
+
+__all__ = ["Bank", "Diagonal", "LShape", "Locality", "Multiscale", "Random", "Raster"]

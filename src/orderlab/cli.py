@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "sample": "orderlab.commands.sample_cmd:sample",
     "demo": "orderlab.commands.demo_cmd:demo",
     "search": "orderlab.commands.search_cmd:search",
+    "plans": "orderlab.commands.plans_cmd:plans",
 }
 # LightningCLI subcommands (orderlab.train.lightning_cli), described here because they have no function of ours
 LIGHTNING_COMMANDS: dict[str, str] = {

@@ -78,6 +78,22 @@ class Schedule:
             raise AssertionError(f"{type(self).__name__} returned {plan.num_steps} groups for steps={steps}")
         return plan
 
+    def plan_batch(self, height: int, width: int, steps: int | None, generators: list[torch.Generator | None],
+                   known: list[torch.Tensor | None] | None = None) -> list[Plan]:
+        """One plan per generator: ``[self.plan(height, width, steps, g, known=k) for g, k in zip(generators, known)]``.
+
+        Args:
+            generators: B generators, one per sample (None: a fixed seed of 0, as in :meth:`plan`).
+            known: None, or B per-sample (H, W) bool masks (or None), as ``known`` of :meth:`plan`.
+
+        A schedule may override this with a faster batched path; it must return exactly the plans :meth:`plan`
+        returns for the same generators and masks, and leave each generator where :meth:`plan` would.
+        """
+        known = [None] * len(generators) if known is None else list(known)
+        if len(known) != len(generators):
+            raise ValueError(f"{len(known)} known masks for {len(generators)} generators")
+        return [self.plan(height, width, steps, g, known=k) for g, k in zip(generators, known)]
+
     def natural_steps(self, height: int, width: int) -> int:
         """T when ``steps`` is None (with nothing known)."""
         return self.plan(height, width).num_steps
@@ -160,8 +176,12 @@ def register_schedule(name: str):
 
 
 def list_schedules() -> list[str]:
-    """Names of every registered schedule (built-ins and entry-point plugins), sorted."""
-    return SCHEDULES.names()
+    """Names of every registered schedule that plans from the grid alone (built-ins and entry-point plugins), sorted.
+
+    Schedules that need a file (``needs_file``, e.g. ``bank``) are registered and found by :func:`get_schedule`, but
+    left out here, so loops over "every schedule" (contract tests, ``orderlab schedules``, order pictures) skip them.
+    """
+    return [name for name, cls in SCHEDULES.items() if not getattr(cls, "needs_file", False)]
 
 
 def schedule_class(name: str) -> type[Schedule]:

@@ -153,8 +153,9 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
     report("scoring", num_samples)
     images = torch.cat([loaded.decode_tokens(tokens[i:i + 500]) for i in range(0, len(tokens), 500)])
     metrics = image_metrics(real, images, extractor, num_samples=num_samples, seed=seed, cache_dir=cache_dir)
-    result = {"row": row.label, "schedule": row.schedule, "steps": len(info.plans[0].sizes) if info.plans else
-              row.steps, "decoder": row.decoder, "forward_passes": _passes(sum(passes) / num_samples),
+    # the schedule's repr names every knob, and for a plan bank its file and content hash: what made these plans
+    result = {"row": row.label, "schedule": row.schedule, "schedule_repr": repr(schedule),
+              "steps": len(info.plans[0].sizes) if info.plans else row.steps, "decoder": row.decoder, "forward_passes": _passes(sum(passes) / num_samples),
               "ms_per_image": 1000 * seconds / num_samples, **metrics}
     for key, val in extra.items():
         result[key] = float(np.mean(val)) if isinstance(val, (list, tuple)) else val

@@ -47,7 +47,7 @@ def make_plans(schedule: Schedule | str, height: int, width: int, steps: int | N
     schedule = get_schedule(schedule)
     gens = [sample_generator(seed, first_index + i) for i in range(batch)]
     known_masks = known_masks if known_masks is not None else [None] * batch
-    plans = [schedule.plan(height, width, steps, g, known=k) for g, k in zip(gens, known_masks)]
+    plans = schedule.plan_batch(height, width, steps, gens, known=known_masks)
     if len({(p.sizes, p.num_known) for p in plans}) > 1:
         raise ValueError("samples of one batch got different group sizes (different known masks?); decode them apart")
     return plans, gens

@@ -106,7 +106,7 @@ class OrderModule(L.LightningModule):
                   *index: int) -> list[Plan]:
         """One plan per sample, sample i drawn from ``generator(seed, stream, *index, i)`` (orderlab.seeding)."""
         gens = [seeding.generator(seed, stream, *index, i) for i in range(batch)]
-        plans = [schedule.plan(self.config.height, self.config.width, steps, g) for g in gens]
+        plans = schedule.plan_batch(self.config.height, self.config.width, steps, gens)
         if len({p.sizes for p in plans}) > 1:  # one mask per batch needs one size list
             raise ValueError(f"schedule {schedule!r} gave different group sizes within a batch at steps={steps}")
         return plans
