@@ -1,27 +1,44 @@
-"""``orderlab bench decode``: speed and memory of parallel decoding at several step budgets, in one run.
+"""``orderlab bench``: speed and memory of parallel decoding (``bench decode``) and of training (``bench train``).
 
-Every row runs in its own process (from a fork server), so its peak memory is its own: on CUDA ``max_memory_allocated``, on
-CPU the growth of the process's peak resident set over its size at the start of the row. Ratios compare rows of
-one run on one machine; wall times on a shared machine are noisy, so each row reports the median of repeats.
+Every row runs in its own process (from a fork server), so its peak memory is its own: on CUDA
+``max_memory_allocated``, on CPU the growth of the process's peak resident set over its size at the start of the row.
+Ratios compare rows of one run on one machine; wall times on a shared machine are noisy, so each row reports the
+median of repeats.
+
+- ``bench decode``: one model per backbone at T = N (raster, one token per step) and T = N/4, N/8, N/16 (random
+  order), at batch 1 and 64. With ``--grids '[8,16,32]'`` it runs T = N and T = N/8 on every grid instead and fits
+  how time per image, KV cache and peak memory grow with N (:mod:`orderlab.analysis.bench_grid`). Every row also
+  states the memory-bandwidth bound of a decode step (weights plus the KV cache read at that step, over the
+  machine's bandwidth, measured once per run) and how far the measured step time is from it.
+- ``bench train``: training throughput (tokens/s) and peak memory of every backbone against a plain causal LM of
+  equal depth and width on the same tokens (:mod:`orderlab.analysis.bench_train`), on 8x8, 16x16 and 32x32 grids,
+  with the ratios against the goals and a profile of where the query-stream model's time goes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing as mp
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from orderlab.analysis.bench_grid import FIT_QUANTITIES, fit_exponents, memory_bandwidth, weight_bytes
+from orderlab.analysis.bench_plan import LPD_SETTINGS, PLAN_GOAL, plan_markdown, plan_ratios, plan_row
+from orderlab.analysis.bench_train import CAUSAL, GOALS, profile_row, train_markdown, train_ratios, train_row
 from orderlab.checks import check_positive_int
 from orderlab.data.atomic import atomic_write_bytes
 from orderlab.decoding.decode import generate
 from orderlab.model.config import ModelConfig
 from orderlab.model.registry import build_model, get_backbone, list_backbones
+from orderlab.schedule import get_schedule
+from orderlab.schedules.locality import natural_locality_steps
 
 
 def _rss_mib() -> float:
@@ -31,7 +48,8 @@ def _rss_mib() -> float:
 
 def _row(model, schedule: str, steps: int, batch: int, repeats: int, device: str, decoder: dict | None,
          precision: str = "fp32") -> dict:
-    """Warm up once, then time ``repeats`` generate() calls; returns times, passes and peak memory."""
+    """Warm up once, then time ``repeats`` generate() calls; returns times, passes, peak memory, the KV cache and
+    what one decode step reads (the weights, and the KV cache at that step, averaged over the steps)."""
     dev = torch.device(device)
     model = model.to(dev).eval()
     labels = torch.arange(batch, device=dev) % max(model.config.num_classes, 1)
@@ -54,154 +72,374 @@ def _row(model, schedule: str, steps: int, batch: int, repeats: int, device: str
     else:
         peak = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
     model.setup_cache(batch, device=dev)
-    cache = model.cache_nbytes() / 2**20
+    cache = model.cache_nbytes()
+    per_slot = cache / model.cache_slots()  # bytes of one cache entry, all layers, K and V, the whole batch
     model.reset_cache()
+    kv_read = statistics.fmean(info.kv_lengths) * per_slot if info.kv_lengths else 0.0
     return dict(seconds=statistics.median(times), passes=info.passes_per_image, peak_MiB=round(peak, 1),
-                kv_cache_MiB=round(cache, 3), accepted_per_pass=getattr(info, "mean_accepted", None))
+                kv_cache_MiB=round(cache / 2**20, 3), accepted_per_pass=getattr(info, "mean_accepted", None),
+                kv_read_MiB=round(kv_read / 2**20, 6), weight_MiB=round(weight_bytes(model) / 2**20, 4))
 
 
-def _child(conn, *args) -> None:
+def _child(conn, fn, args, threads) -> None:
     try:
-        torch.set_num_threads(args[-1])
-        conn.send(_row(*args[:-1]))
+        torch.set_num_threads(threads)
+        conn.send(fn(*args))
     except BaseException as err:  # report, do not hang the parent
         conn.send({"error": f"{type(err).__name__}: {err}"})
     conn.close()
 
 
-def _isolated(*args) -> dict:
+def _run_isolated(fn: Callable[..., dict], *args) -> dict:
+    """``fn(*args)`` in a fresh process with this one's thread count; its dict comes back, its error is raised."""
     # forkserver, not fork: a child forked from a parent whose OpenMP pool is running (after load_state_dict, say)
     # deadlocks in its first matmul. The server imports torch once and never runs an op, so children start clean.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "orderlab.decoding.decode"])
+    ctx.set_forkserver_preload(["torch", "orderlab.decoding.decode", "orderlab.analysis.bench_train"])
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, *args, torch.get_num_threads()))
+    proc = ctx.Process(target=_child, args=(child, fn, args, torch.get_num_threads()))
     proc.start()
-    out = parent.recv()
+    child.close()  # the child holds its own end now: a child that dies without a word ends recv() with EOFError
+    try:
+        out = parent.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"benchmark row failed: its process exited with code {proc.exitcode} and sent nothing "
+                           "(a script that starts rows needs an `if __name__ == '__main__':` guard)") from None
     proc.join()
     if "error" in out:
         raise RuntimeError(f"benchmark row failed: {out['error']}")
     return out
 
 
-def bench(what: str, out: str = "runs/bench", grid: int = 16, depth: int = 6, dim: int = 256, heads: int = 4,
-          vocab: int = 1024, batches: tuple[int, ...] = (1, 64), repeats: int = 3, device: str = "cpu",
-          attention: str = "sdpa", archs: tuple[str, ...] | None = None, ckpt: str | None = None,
-          precision: str = "fp32") -> None:
-    """Benchmark decoding of one model at T = N (raster, one token per step) and T = N/4, N/8, N/16 (random order).
+def _isolated(*args) -> dict:
+    """One decode row (:func:`_row`) in its own process."""
+    return _run_isolated(_row, *args)
+
+
+@dataclasses.dataclass
+class _Settings:
+    """The arguments of :func:`bench`, checked, as every benchmark kind gets them."""
+
+    out: str
+    grid: int
+    grids: tuple[int, ...] | None
+    depth: int
+    dim: int
+    heads: int
+    vocab: int
+    batches: tuple[int, ...]
+    repeats: int
+    device: str
+    attention: str
+    archs: tuple[str, ...]
+    ckpt: str | None
+    precision: str
+    budget_divisor: int
+    profile: bool
+    train_schedules: tuple[str, ...]
+
+    def config(self, arch: str, grid: int) -> ModelConfig:
+        cfg = ModelConfig(vocab_size=self.vocab, height=grid, width=grid, num_classes=10, depth=self.depth,
+                          dim=self.dim, heads=self.heads, arch=arch, attention=self.attention)  # flex -> stream
+        return dataclasses.replace(cfg, mutual=get_backbone(cfg.arch).mutual_queries)
+
+    def machine(self) -> dict:
+        return dict(device=self.device if self.device == "cpu" else torch.cuda.get_device_name(),
+                    torch=torch.__version__, threads=torch.get_num_threads())
+
+
+def bench(what: str, out: str = "runs/bench", grid: int = 16, grids: list[int] | None = None, depth: int = 6,
+          dim: int = 256, heads: int = 4, vocab: int = 1024, batches: tuple[int, ...] | None = None, repeats: int = 3,
+          device: str = "cpu", attention: str = "sdpa", archs: tuple[str, ...] | None = None, ckpt: str | None = None,
+          precision: str = "fp32", budget_divisor: int = 4, profile: bool = True,
+          train_schedules: tuple[str, ...] = ("random", "locality")) -> None:
+    """Benchmark decoding (T = N, N/4, N/8, N/16; or T = N, N/8 on several grids) or training (against a causal LM).
 
     Args:
-        what: the benchmark to run ("decode").
-        out: output folder (bench.json, bench.md).
-        grid: H = W of the token grid (ignored with ckpt).
-        depth: layers of the benchmarked model.
+        what: the benchmark to run: "decode" (writes bench.json, bench.md), "train" (bench_train.json,
+            bench_train.md) or "plan" (locality planning against decoding at LPD's settings: bench_plan.json,
+            bench_plan.md; ``grids`` picks other grids at their natural locality budget).
+        out: output folder.
+        grid: decode: H = W of the token grid (ignored with ckpt) when ``grids`` is not given.
+        grids: H = W of each grid to run, e.g. [8, 16, 32]. decode: rows at T = N and T = N/8 on each, and the
+            exponents of N in time per image, KV cache and peak memory (None: ``grid`` alone, with the T = N, N/4,
+            N/8, N/16 rows). train: default [8, 16, 32].
+        depth: layers of the benchmarked models.
         dim: width D.
         heads: attention heads.
         vocab: V.
-        batches: batch sizes (1 = latency, 64 = throughput).
-        repeats: timed runs per row (median reported), after one warm-up run.
+        batches: batch sizes. decode: default [1, 64] (latency, throughput); train: default [16]; plan: [64].
+        repeats: timed runs per row (median reported): decode calls after one warm-up call, training steps after one
+            warm-up step.
         device: "cpu" or "cuda".
-        attention: attention kernel, "sdpa" or "flex".
+        attention: attention kernel of the backbones, "sdpa" or "flex" (the causal LM always uses SDPA's is_causal).
         archs: registered backbones to compare at equal depth/width (None: every registered one); KV-cache ratios
             are against the first.
-        ckpt: benchmark a trained checkpoint instead (its own arch and size; adds Jacobi rows for raster decoding).
+        ckpt: decode: benchmark a trained checkpoint instead (its own arch and size; adds Jacobi rows for raster
+            decoding).
         precision: fp32, or bf16/fp16 autocast (the GPU setting).
+        budget_divisor: train: the plans are random orders at T = N / budget_divisor steps (LPD trains at several
+            budgets; N/4 is the validation budget).
+        profile: train: also profile one step of the models with a throughput goal (the query-stream and the
+            decoupled model) and of the causal LM on the grid nearest 16x16: phase times, time by op category, top
+            ops.
+        train_schedules: train: the schedules whose plans each backbone trains on (the first is the reference of the
+            causal-LM ratios; the others are timed against it, planning included, as a training step pays it).
     """
-    if what != "decode":
-        raise ValueError(f"unknown benchmark {what!r}; choose one of ['decode']")
-    for key, value in (("repeats", repeats), *((f"batches[{i}]", b) for i, b in enumerate(batches))):
+    run = BENCHMARKS.get(what)
+    if run is None:
+        raise ValueError(f"unknown benchmark {what!r}; choose one of {sorted(BENCHMARKS)}")
+    batches = tuple(DEFAULT_BATCHES[what] if batches is None else batches)
+    grids = None if grids is None else tuple(grids)
+    for key, value in (("repeats", repeats), ("grid", grid), ("budget_divisor", budget_divisor),
+                       *((f"batches[{i}]", b) for i, b in enumerate(batches)),
+                       *((f"grids[{i}]", g) for i, g in enumerate(grids or ()))):
         check_positive_int(value, key)
+    if grids is not None and not grids:
+        raise ValueError("grids=[] must name at least one grid (or be left out)")
     archs = tuple(list_backbones() if archs is None else archs)
     if not batches or not archs:
         raise ValueError(f"batches={list(batches)} and archs={list(archs)} must not be empty")
+    for arch in archs:
+        get_backbone(arch)  # an unknown name lists the choices
+    train_schedules = tuple(train_schedules)
+    if not train_schedules:
+        raise ValueError("train_schedules=[] must name at least one schedule")
+    for name in train_schedules:
+        get_schedule(name)  # an unknown name lists the choices
+    run(_Settings(out=out, grid=grid, grids=grids, depth=depth, dim=dim, heads=heads, vocab=vocab, batches=batches,
+                  repeats=repeats, device=device, attention=attention, archs=archs, ckpt=ckpt, precision=precision,
+                  budget_divisor=budget_divisor, profile=bool(profile), train_schedules=train_schedules))
+
+
+def _write(out: str, stem: str, data: dict, markdown: str) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(str(Path(out) / f"{stem}.json"), json.dumps(data, indent=2).encode())
+    atomic_write_bytes(str(Path(out) / f"{stem}.md"), markdown.encode())
+    print(f"wrote {out}/{stem}.json and {out}/{stem}.md")
+
+
+# ------------------------------------------------------------------------------------------------------ decode
+# (schedule, T rule, N divided by): the single-grid default, and the rows of a run over several grids
+_SINGLE_GRID_ROWS = (("raster", "N", 1), ("random", "N/4", 4), ("random", "N/8", 8), ("random", "N/16", 16))
+_GRIDS_ROWS = (("raster", "N", 1), ("random", "N/8", 8))
+
+
+def _bench_decode(s: _Settings) -> None:
+    if s.ckpt and s.grids is not None:
+        raise ValueError(f"grids={list(s.grids)} does not apply with ckpt={s.ckpt!r} (a checkpoint has its own grid)")
     torch.manual_seed(0)
     models = []
-    if ckpt:
+    if s.ckpt:
         from orderlab.train.checkpoint import load_checkpoint
 
-        loaded = load_checkpoint(ckpt)
+        loaded = load_checkpoint(s.ckpt)
         models.append((loaded.config.arch, loaded.model))
     else:
-        for arch in archs:
-            cfg = ModelConfig(vocab_size=vocab, height=grid, width=grid, num_classes=10, depth=depth, dim=dim,
-                              heads=heads, arch=arch, attention=attention)  # resolves old names (flex -> stream)
-            cfg = dataclasses.replace(cfg, mutual=get_backbone(cfg.arch).mutual_queries)
-            models.append((cfg.arch, build_model(cfg)))
+        for g in s.grids or (s.grid,):
+            for arch in s.archs:
+                cfg = s.config(arch, g)
+                models.append((cfg.arch, build_model(cfg)))
+    plan_rows = _SINGLE_GRID_ROWS if s.grids is None else _GRIDS_ROWS
+    bandwidth = _run_isolated(memory_bandwidth, s.device)
+    print({"memory_bandwidth_GiB_s": {k: bandwidth[k] for k in ("read_GiB_s", "copy_GiB_s")}}, flush=True)
     rows = []
     for arch, model in models:
         n = model.config.num_tokens
-        for batch in batches:
-            plain = [("raster", n, None)] + [("random", t, None) for t in (n // 4, n // 8, n // 16) if t >= 1]
+        for batch in s.batches:
+            plain = [(sched, rule, n // div, None) for sched, rule, div in plan_rows if n // div >= 1]
             base = None
-            for schedule, steps, decoder in plain + _jacobi_rows(ckpt, n):
-                r = _isolated(model, schedule, steps, batch, repeats, device, decoder, precision)
+            for schedule, rule, steps, decoder in plain + [("raster", "N", n, d) for d in _jacobi_rows(s.ckpt)]:
+                r = _isolated(model, schedule, steps, batch, s.repeats, s.device, decoder, s.precision)
                 base = base or r["seconds"]
-                rows.append(dict(arch=arch, batch=batch, schedule=schedule, steps=steps,
-                                 decoder=(decoder or {}).get("decoder", "plan"), **r,
+                kind = (decoder or {}).get("decoder", "plan")
+                bound = None
+                if kind == "plan":  # one forward per step: each step reads the weights and the KV cache once
+                    bound = (r["weight_MiB"] + r["kv_read_MiB"]) * 2**20 / bandwidth["bytes_per_s"]
+                step = r["seconds"] / r["passes"] if kind == "plan" else None
+                rows.append(dict(arch=arch, grid=model.config.height, N=n, batch=batch, schedule=schedule, rule=rule,
+                                 steps=steps, decoder=kind, **r, seconds_per_image=r["seconds"] / batch,
                                  images_per_s=round(batch / r["seconds"], 2),
-                                 speedup_vs_T_N=round(base / r["seconds"], 2)))
+                                 speedup_vs_T_N=round(base / r["seconds"], 2),
+                                 step_ms=None if step is None else round(step * 1e3, 3),
+                                 bound_ms=None if bound is None else round(bound * 1e3, 4),
+                                 x_bound=None if bound is None else round(step / bound, 1)))
                 rows[-1]["seconds"] = round(r["seconds"], 4)
+                rows[-1]["seconds_per_image"] = round(rows[-1]["seconds_per_image"], 6)
                 print({k: v for k, v in rows[-1].items() if v is not None}, flush=True)
     cfg0 = models[0][1].config
-    meta = dict(device=device if device == "cpu" else torch.cuda.get_device_name(), torch=torch.__version__,
-                threads=torch.get_num_threads(), grid=[cfg0.height, cfg0.width], depth=cfg0.depth, dim=cfg0.dim,
-                heads=cfg0.heads, vocab=cfg0.vocab_size, attention=cfg0.attention, repeats=repeats, ckpt=ckpt,
-                precision=precision,
+    meta = dict(**s.machine(), grid=[cfg0.height, cfg0.width],
+                grids=sorted({m.config.height for _, m in models}), depth=cfg0.depth, dim=cfg0.dim,
+                heads=cfg0.heads, vocab=cfg0.vocab_size, attention=cfg0.attention, repeats=s.repeats, ckpt=s.ckpt,
+                precision=s.precision, memory_bandwidth=bandwidth,
                 note="seconds: median wall time of one generate() call; peak_MiB: CUDA max allocated, or CPU "
-                     "peak-RSS growth during the row; kv_cache: bytes of all KV caches at batch size")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(str(Path(out) / "bench.json"),
-                       json.dumps(dict(meta=meta, rows=rows, ratios=ratios(rows)), indent=2).encode())
-    atomic_write_bytes(str(Path(out) / "bench.md"), _markdown(meta, rows).encode())
-    print(f"wrote {out}/bench.json and {out}/bench.md")
+                     "peak-RSS growth during the row; kv_cache: bytes of all KV caches at batch size; step_ms: "
+                     "seconds / passes; bound_ms: (weights read per step, embeddings left out, + the KV cache filled "
+                     "at that step, mean over steps) / memory bandwidth; x_bound: step_ms / bound_ms; fits: "
+                     "least-squares slope of log(quantity) against log(N) over the grids")
+    fits = fit_exponents(rows)
+    _write(s.out, "bench", dict(meta=meta, rows=rows, ratios=ratios(rows), fits=fits), _markdown(meta, rows, fits))
 
 
-def _jacobi_rows(ckpt: str | None, n: int) -> list[tuple[str, int, dict]]:
+def _jacobi_rows(ckpt: str | None) -> list[dict]:
     """SJD/PJD rows (raster model, training-free parallel decoding) where a trained checkpoint is benchmarked."""
     if not ckpt:
         return []  # acceptance on an untrained model says nothing
-    return [("raster", n, {"decoder": "sjd", "decoder_args": {"window": 8}}),
-            ("raster", n, {"decoder": "pjd", "decoder_args": {"window": 4}})]
+    return [{"decoder": "sjd", "decoder_args": {"window": 8}}, {"decoder": "pjd", "decoder_args": {"window": 4}}]
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """The ratios the benchmark exists for, from rows of this one run: time(T=N)/time(T=N/k) per backbone and
-    batch, and each backbone's KV cache against the first backbone's of the run."""
+    """The ratios the benchmark exists for, from rows of this one run: time(T=N)/time(T=N/k) per backbone, grid and
+    batch, and each backbone's KV cache against the first backbone's of the run (same grid and batch)."""
     out = []
-    for (arch, batch) in dict.fromkeys((r["arch"], r["batch"]) for r in rows):
-        rs = [r for r in rows if r["arch"] == arch and r["batch"] == batch and r["decoder"] == "plan"]
+    for (arch, grid, batch) in dict.fromkeys((r["arch"], r.get("grid"), r["batch"]) for r in rows):
+        mine = [r for r in rows if (r["arch"], r.get("grid"), r["batch"]) == (arch, grid, batch)]
+        rs = [r for r in mine if r["decoder"] == "plan"]
         base = next((r for r in rs if r["schedule"] == "raster"), None)
         if base is None:
             continue
         n = base["steps"]
         for r in rs:
             if r["schedule"] == "random":
-                out.append(dict(what=f"time(T=N)/time(T=N/{n // r['steps']})", arch=arch, batch=batch,
+                out.append(dict(what=f"time(T=N)/time(T=N/{n // r['steps']})", arch=arch, grid=grid, batch=batch,
                                 value=round(base["seconds"] / r["seconds"], 2), ideal=round(n / r["steps"], 2)))
-        for r in rows:
-            if r["arch"] == arch and r["batch"] == batch and r["decoder"] != "plan":
-                out.append(dict(what=f"time(raster)/time({r['decoder']})", arch=arch, batch=batch,
+        for r in mine:
+            if r["decoder"] != "plan":
+                out.append(dict(what=f"time(raster)/time({r['decoder']})", arch=arch, grid=grid, batch=batch,
                                 value=round(base["seconds"] / r["seconds"], 2),
                                 ideal=round(n / r["passes"], 2)))
     first = rows[0]["arch"] if rows else None
-    ref = {r["batch"]: r["kv_cache_MiB"] for r in rows if r["arch"] == first}
+    ref = {(r["batch"], r.get("grid")): r["kv_cache_MiB"] for r in rows if r["arch"] == first}
     for r in rows:
-        if r["arch"] != first and r["batch"] in ref and r["schedule"] == "raster" and r["decoder"] == "plan":
-            out.append(dict(what=f"KV cache {r['arch']}/{first}", arch=r["arch"], batch=r["batch"],
-                            value=round(r["kv_cache_MiB"] / ref[r["batch"]], 3), ideal=None))
+        key = (r["batch"], r.get("grid"))
+        if r["arch"] != first and key in ref and r["schedule"] == "raster" and r["decoder"] == "plan":
+            out.append(dict(what=f"KV cache {r['arch']}/{first}", arch=r["arch"], grid=r.get("grid"), batch=r["batch"],
+                            value=round(r["kv_cache_MiB"] / ref[key], 3), ideal=None))
     return out
 
 
-def _markdown(meta: dict, rows: list[dict]) -> str:
-    head = (f"Decode benchmark on {meta['device']} ({meta['grid'][0]}x{meta['grid'][1]} grid, {meta['depth']} layers "
+def _markdown(meta: dict, rows: list[dict], fits: list[dict]) -> str:
+    grids = meta["grids"]
+    where = (f"{meta['grid'][0]}x{meta['grid'][1]} grid" if len(grids) == 1
+             else "grids " + ", ".join(f"{g}x{g}" for g in grids))
+    bw = meta["memory_bandwidth"]
+    head = (f"Decode benchmark on {meta['device']} ({where}, {meta['depth']} layers "
             f"x {meta['dim']} wide, V={meta['vocab']}, attention={meta['attention']}, torch {meta['torch']}, "
             f"{meta['threads']} threads, {meta['precision']}, median of {meta['repeats']})\n\n")
-    cols = ["arch", "batch", "schedule", "decoder", "steps", "passes", "seconds", "images_per_s", "speedup_vs_T_N",
-            "peak_MiB", "kv_cache_MiB"]
+    cols = ["arch", "grid", "batch", "schedule", "decoder", "steps", "passes", "seconds", "seconds_per_image",
+            "images_per_s", "speedup_vs_T_N", "peak_MiB", "kv_cache_MiB", "step_ms", "bound_ms", "x_bound"]
     body = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     for r in rows:
-        body += "| " + " | ".join(str(r.get(c)) for c in cols) + " |\n"
-    body += "\n| ratio (this run) | arch | batch | measured | ideal (step ratio) |\n|---|---|---|---|---|\n"
+        body += "| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |\n"
+    body += "\n| ratio (this run) | arch | batch | grid | measured | ideal (step ratio) |\n|---|---|---|---|---|---|\n"
     for q in ratios(rows):
-        body += f"| {q['what']} | {q['arch']} | {q['batch']} | {q['value']} | {q['ideal'] or ''} |\n"
+        body += (f"| {q['what']} | {q['arch']} | {q['batch']} | {q['grid']} | {q['value']} | "
+                 f"{q['ideal'] or ''} |\n")
+    ones = [r["x_bound"] for r in rows if r["batch"] == 1 and r.get("x_bound") is not None]
+    body += (f"\nMemory-bandwidth bound of a decode step: the weights (embedding tables left out) and the KV cache "
+             f"filled at that step, read once at {bw['read_GiB_s']} GiB/s (sum) / {bw['copy_GiB_s']} GiB/s (copy) "
+             f"measured here, the better one used (bound_ms).")
+    if ones:
+        body += (f" Batch-1 steps run at {min(ones)}x to {max(ones)}x that bound (x_bound; median "
+                 f"{statistics.median(ones)}x).")
+    body += "\n"
+    if fits:
+        names = list(FIT_QUANTITIES.values())
+        body += ("\n| arch | batch | T | exponent of N: " + " | ".join(names) + " | grids (N) |\n|"
+                 + "---|" * (len(names) + 4) + "\n")
+        table: dict[tuple, dict] = {}
+        for f in fits:
+            table.setdefault((f["arch"], f["batch"], f["T"], tuple(f["N"])), {})[f["quantity"]] = f["exponent"]
+        for (arch, batch, rule, ns), got in table.items():
+            cells = " | ".join("" if got.get(n) is None else str(got[n]) for n in names)
+            body += f"| {arch} | {batch} | {rule} | {cells} | {list(ns)} |\n"
     return head + body
+
+
+# ------------------------------------------------------------------------------------------------------- train
+def _train_steps(grid: int, divisor: int) -> int:
+    steps = grid * grid // divisor
+    if steps < 1:
+        raise ValueError(f"budget_divisor={divisor} leaves no step on the {grid}x{grid} grid (N={grid * grid})")
+    return steps
+
+
+def _bench_train(s: _Settings) -> None:
+    if s.ckpt:
+        raise ValueError(f"ckpt={s.ckpt!r} applies to bench decode only")
+    grids = s.grids or TRAIN_GRIDS
+    for g in grids:
+        _train_steps(g, s.budget_divisor)
+    rows = []
+    for g in grids:
+        steps = _train_steps(g, s.budget_divisor)
+        for batch in s.batches:
+            runs = [(CAUSAL, None)] + [(a, sched) for a in s.archs for sched in s.train_schedules]
+            for arch, sched in runs:
+                cfg = s.config(s.archs[0] if arch == CAUSAL else arch, g)
+                r = _run_isolated(train_row, arch, cfg, batch, steps, s.repeats, s.device, s.precision,
+                                  sched or "random")
+                rows.append(dict(arch=arch if arch == CAUSAL else cfg.arch, schedule=sched, grid=g, N=g * g,
+                                 batch=batch, steps=None if arch == CAUSAL else steps, rows=r["rows"],
+                                 params=r["params"],
+                                 seconds=round(r["seconds"], 4), tokens_per_s=round(r["tokens_per_s"], 1),
+                                 peak_MiB=r["peak_MiB"], loss=r["loss"]))
+                print(rows[-1], flush=True)
+    profiles = []
+    if s.profile:
+        g = min(grids, key=lambda x: (abs(math.log(x / 16)), x))
+        for arch in (CAUSAL, *(a for a in s.archs if a in GOALS)):
+            cfg = s.config(s.archs[0] if arch == CAUSAL else arch, g)
+            p = _run_isolated(profile_row, arch, cfg, s.batches[0], _train_steps(g, s.budget_divisor), s.device,
+                              s.precision)
+            profiles.append(p)
+            print({k: p[k] for k in ("arch", "grid", "step_s", "phases_s")}, flush=True)
+    meta = dict(**s.machine(), grids=list(grids), depth=s.depth, dim=s.dim, heads=s.heads, vocab=s.vocab,
+                attention=s.attention, precision=s.precision, repeats=s.repeats, warmup=1, batches=list(s.batches),
+                budget_divisor=s.budget_divisor, goals=GOALS,
+                train_schedules=list(s.train_schedules),
+                note=f"one step = plans (of the row's schedule, T = N/{s.budget_divisor}) and their rows and mask, forward, "
+                     "cross-entropy, backward, AdamW; seconds: median step time; tokens_per_s = batch * N / "
+                     f"seconds; peak_MiB: CUDA max allocated, or CPU peak-RSS growth from after the model was built; "
+                     f"{CAUSAL}: the same blocks over [cond] + x[:-1] with SDPA is_causal and no mask tensor")
+    q = train_ratios(rows)
+    _write(s.out, "bench_train", dict(meta=meta, rows=rows, ratios=q, profiles=profiles),
+           train_markdown(meta, rows, q, profiles))
+
+
+def _bench_plan(s: _Settings) -> None:
+    if s.ckpt:
+        raise ValueError(f"ckpt={s.ckpt!r} applies to bench decode only")
+    settings = LPD_SETTINGS if s.grids is None else tuple((g, natural_locality_steps(g * g)) for g in s.grids)
+    torch.manual_seed(0)
+    rows = []
+    for g, steps in settings:
+        for batch in s.batches:
+            for how in ("batched", "reference"):
+                r = _run_isolated(plan_row, g, steps, batch, s.repeats, how)
+                rows.append(dict(what=f"plan {how}", arch=None, grid=g, steps=steps, batch=batch,
+                                 seconds=round(r["seconds"], 4), per_plan_ms=round(1000 * r["seconds"] / batch, 3)))
+                print(rows[-1], flush=True)
+            for arch in s.archs:
+                cfg = s.config(arch, g)
+                r = _isolated(build_model(cfg), "random", steps, batch, s.repeats, s.device, None, s.precision)
+                rows.append(dict(what="decode", arch=cfg.arch, grid=g, steps=steps, batch=batch,
+                                 seconds=round(r["seconds"], 4), per_plan_ms=None))
+                print(rows[-1], flush=True)
+    meta = dict(**s.machine(), depth=s.depth, dim=s.dim, heads=s.heads, vocab=s.vocab, repeats=s.repeats,
+                batches=list(s.batches), settings=[list(x) for x in settings], goal=PLAN_GOAL,
+                note="seconds: median wall time after one warm-up; plan rows: locality plans for the batch (batched "
+                     "planner, or the per-sample reference; identical plans); decode rows: generate() of the batch "
+                     "in random order at the same T (no planning cost inside)")
+    q = plan_ratios(rows)
+    _write(s.out, "bench_plan", dict(meta=meta, rows=rows, ratios=q), plan_markdown(meta, rows, q))
+
+
+TRAIN_GRIDS = (8, 16, 32)
+"""The grids ``bench train`` runs by default (H = W)."""
+DEFAULT_BATCHES: dict[str, tuple[int, ...]] = {"decode": (1, 64), "train": (16,), "plan": (64,)}
+BENCHMARKS: dict[str, Callable[[_Settings], None]] = {"decode": _bench_decode, "train": _bench_train,
+                                                     "plan": _bench_plan}
+"""``orderlab bench WHAT``: the benchmark kinds."""
+__all__ = ["bench", "ratios", "BENCHMARKS", "FIT_QUANTITIES"]
