@@ -17,6 +17,7 @@ from orderlab.model.registry import build_model
 TINY = dict(depth=2, dim=16, heads=2, vocab=11, repeats=1)
 
 
+@pytest.mark.slow
 def test_bench_decode_writes_rows(tmp_path):
     bench("decode", out=str(tmp_path), grid=4, depth=4, dim=16, heads=2, vocab=11, batches=(1, 3), repeats=1,
           archs=("stream", "decoupled"))
@@ -74,6 +75,7 @@ def test_a_parent_with_a_busy_thread_pool_does_not_hang_the_rows(tiny_ckpt):
     assert row["passes"] == 64
 
 
+@pytest.mark.slow
 def test_bench_checkpoint_adds_jacobi_rows(tiny_ckpt, tmp_path):
     bench("decode", out=str(tmp_path), ckpt=tiny_ckpt, batches=(1,), repeats=1)
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -95,6 +97,7 @@ def test_benchmark_kinds_are_a_table():
         bench("encode")
 
 
+@pytest.mark.slow
 def test_bench_decode_over_grids_fits_the_growth(tmp_path):
     bench("decode", out=str(tmp_path), grids=[4, 8], batches=(1, 2), archs=("stream", "decoupled"), **TINY)
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -125,6 +128,7 @@ def test_bench_decode_over_grids_fits_the_growth(tmp_path):
     assert md.count("\n| stream | 1 | N/8 |") == 1  # the fit table's row
 
 
+@pytest.mark.slow
 def test_bench_train_rows_ratios_and_profile(tmp_path):
     bench("train", out=str(tmp_path), grids=[4], batches=(2,), archs=("stream", "decoupled"), **TINY)
     data = json.loads((tmp_path / "bench_train.json").read_text())
@@ -205,6 +209,7 @@ def test_bench_bad_input_names_the_value(tmp_path, kwargs, match):
     assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
 
 
+@pytest.mark.slow
 def test_bench_plan_times_planning_against_decoding(tmp_path):
     bench("plan", out=str(tmp_path), grids=[4], batches=(3,), archs=("stream", "decoupled"), **TINY)
     data = json.loads((tmp_path / "bench_plan.json").read_text())

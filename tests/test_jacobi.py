@@ -44,7 +44,7 @@ def busy_model(arch="stream"):
 
 
 @pytest.mark.parametrize("decoder,args", SETTINGS, ids=lambda x: str(x))
-@pytest.mark.parametrize("arch,cfg", [("stream", 1.0), ("stream", 3.0), ("decoupled", 2.0), ("randar", 2.0)])
+@pytest.mark.parametrize("arch,cfg", [("stream", 1.0), ("stream", 3.0), ("decoupled", 2.0)])
 def test_greedy_equals_raster_greedy(decoder, args, arch, cfg):
     model = busy_model(arch)
     labels = torch.tensor([0, 1, 2, 3])
@@ -170,6 +170,7 @@ def test_sampled_joint_matches_ar_joint(toy, fn, kwargs):
     assert _chi2_pvalue(tokens, joint) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["accept_always", "residual_is_p"])
 def test_the_chi_square_test_rejects_wrong_rules(toy, monkeypatch, rule):
     model, joint = toy
