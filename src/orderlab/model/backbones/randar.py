@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orderlab.model.base import COND, CONTENT, QUERY, Backbone, Rows
+from orderlab.model.backbones.stream import StreamTransformer
+from orderlab.model.base import COND, CONTENT, QUERY, Rows
 from orderlab.model.config import ModelConfig
-from orderlab.model.layers import Block, apply_rope, rope_tables
+from orderlab.model.layers import apply_rope, rope_tables
 from orderlab.model.registry import register_backbone
 
 __all__ = ["RandARTransformer", "RandAROptions", "MODES"]
@@ -106,19 +107,17 @@ def _step(sizes: tuple[int, ...], t: int, num_cond: int, num_known: int, mode: s
 
 
 @register_backbone("randar")
-class RandARTransformer(Backbone):
-    """Interleaved instruction + token rows through ``depth`` LlamaGen blocks (one stream, like RandAR's GPT)."""
+class RandARTransformer(StreamTransformer):
+    """Interleaved instruction + token rows through ``depth`` LlamaGen blocks (one stream, like RandAR's GPT): the
+    stream model's blocks and forward passes, with RandAR's instruction embedding and its own layout."""
 
     Options = RandAROptions
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
-        c = config
         if self.options.mode not in MODES:
             raise ValueError(f"model.backbone.options.mode={self.options.mode!r} is not one of {list(MODES)}")
-        self.blocks = nn.ModuleList(Block(c.dim, c.heads, self.hidden, c.dropout) for _ in range(c.depth))
-        self.instruct = nn.Parameter(torch.zeros(c.dim))  # RandAR's pos_instruct_embeddings
-        self._init_weights()
+        self.instruct = nn.Parameter(torch.zeros(config.dim))  # RandAR's pos_instruct_embeddings
         nn.init.normal_(self.instruct, std=0.02)
 
     @property
@@ -141,25 +140,6 @@ class RandARTransformer(Backbone):
         else:  # keep the learned position term the base embedding added
             vec = vec + (x - self.tok_emb.weight[self.mask_id].to(x.dtype))
         return torch.where(inst.unsqueeze(-1), vec, x), pos
-
-    def forward(self, labels, tokens, positions, mask, num_logits=None, logit_rows=None):
-        """One training forward over ``[cond (C)] + tokens``; logits (B, G, V) of the chosen rows."""
-        x, pos = self.embed(labels, tokens, positions)
-        rope = self.rope(pos, x.dtype)
-        for blk in self.blocks:
-            x = blk(x, rope, mask)
-        return self.head(self.norm(self.select_rows(x, num_logits, logit_rows)))
-
-    def forward_step(self, labels, tokens, positions, mask, cache_rows, num_logits=None, logit_rows=None):
-        """One cached forward; the first ``cache_rows`` rows join the KV cache."""
-        x, pos = self.embed(labels, tokens, positions)
-        rope = self.rope(pos, x.dtype)
-        for blk in self.blocks:
-            x = blk(x, rope, mask, cache_rows)
-        return self.head(self.norm(self.select_rows(x, num_logits, logit_rows)))
-
-    def attention_modules(self) -> list[nn.Module]:
-        return [blk.attn for blk in self.blocks]
 
     # ------------------------------------------------------------------------------------------------ layout
     def cache_rows_for(self, num_tokens: int) -> int:
