@@ -31,6 +31,8 @@ def budgets(n: int) -> list[int]:
 @pytest.mark.parametrize("rule", [*list_size_rules(), "power:0", "power:2.5", "power:-1"])
 def test_every_rule_partitions_n_into_t_positive_sizes(rule, n):
     for steps in budgets(n):
+        if rule == "randar" and steps == 1 < n:  # RandAR's first step is one token: it cannot run T = 1
+            continue
         sizes = resolve_sizes(rule, n, steps)
         assert len(sizes) == steps and sum(sizes) == n and min(sizes) >= 1, (rule, n, steps, sizes)
         assert all(isinstance(s, int) for s in sizes)
@@ -49,7 +51,7 @@ def test_published_lists():
     assert resolve_sizes("lpd", 1024, 48) == LPD_1024_48
 
 
-@pytest.mark.parametrize("n, steps", [(256, 21), (256, 64), (1024, 20), (64, 10), (9, 3), (256, 256)])
+@pytest.mark.parametrize("n, steps", [(256, 21), (256, 48), (1024, 20), (64, 10), (9, 3), (256, 256)])
 def test_lpd_falls_back_to_cosine(n, steps):
     assert resolve_sizes("lpd", n, steps) == resolve_sizes("cosine", n, steps)
 

@@ -1,13 +1,15 @@
 """Group-size rules: how many tokens each of T steps generates, separate from *which* tokens.
 
-A rule maps (N, T) to T positive ints summing to N, for any 1 <= T <= N. Rules are named in a registry
-(``register_size_rule``, or the entry-point group ``orderlab.size_rules``); a schedule's ``sizes`` knob is a rule
-name, ``"name:arg"`` for a rule with a parameter (``"power:1.5"``), or an explicit list of ints.
+A rule maps (N, T) to T positive ints summing to N, for any 1 <= T <= N; a rule that reproduces a published
+sampler (``orderlab.sizes_published``) refuses, with a PlanError, a budget that sampler cannot run. Rules are named
+in a registry (``register_size_rule``, or the entry-point group ``orderlab.size_rules``); a schedule's ``sizes``
+knob is a rule name, ``"name:arg"`` for a rule with a parameter (``"power:1.5"``), or an explicit list of ints.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,21 +17,57 @@ from typing import Any
 from orderlab.plan import PlanError
 from orderlab.registry import Registry, UnknownNameError
 
-__all__ = ["SizeSpec", "register_size_rule", "list_size_rules", "resolve_sizes", "LPD_TABLE", "SIZE_RULES"]
+__all__ = ["SizeSpec", "register_size_rule", "list_size_rules", "resolve_sizes", "LPD_TABLE", "LPD_TRAINING_SIZES",
+           "lpd_training_budgets", "SIZE_RULES"]
 
 SizeSpec = str | Sequence[int]
 SizeRule = Callable[..., list[int]]
-# the built-in rules are defined below in this module; other packages add theirs through the entry points
-SIZE_RULES: Registry[SizeRule] = Registry("size rule", entry_point_group="orderlab.size_rules")
+# the built-in rules are defined below in this module; the rules that reproduce published samplers (ARPG, RandAR)
+# live in orderlab.sizes_published, which imports this module: the registry imports it by name on the first
+# lookup, so there is no import cycle. Other packages add their rules through the entry points.
+SIZE_RULES: Registry[SizeRule] = Registry("size rule", entry_point_group="orderlab.size_rules",
+                                          builtins="orderlab.sizes_published")
 
-# LPD's hand-tabulated budgets (lpd/orders/group_sizes_lookup.json), keyed by (N, T). Following LPD.
-LPD_TABLE: dict[tuple[int, int], tuple[int, ...]] = {
-    (256, 20): (1, 2, 4, 5, 7, 8, 10, 11, 12, 14, 15, 16, 17, 18, 18, 19, 19, 20, 20, 20),
-    (256, 32): (1, 1, 2, 2, 3, 3, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 10, 11, 11, 11, 11,
-                12, 12, 12, 12, 12, 12, 12, 12),
-    (1024, 48): (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 23,
-                 24, 25, 26, 26, 27, 28, 28, 29, 29, 30, 30, 31, 31, 32, 32, 32, 33, 33, 33, 33, 33, 33, 33, 34),
-}
+
+# ------------------------------------------------------------------------------------------ LPD's published sizes
+# LPD's tables ship as assets/lpd_group_sizes.json, copied from mit-han-lab/lpd (its "source" field names the
+# commit and files). N is the token count: LPD's "256 resolution" is N=256 (16x16), "512 resolution" N=1024.
+LpdSizes = tuple[int, ...]
+
+
+def _checked_lpd(sizes: list[int], n: int, steps: int, where: str) -> LpdSizes:
+    """One published list as a tuple, after checking it holds ``steps`` positive sizes summing to ``n``."""
+    if len(sizes) != steps or sum(sizes) != n or min(sizes) < 1:
+        raise ValueError(f"lpd_group_sizes.json {where}: {len(sizes)} sizes summing to {sum(sizes)}, "
+                         f"expected {steps} positive sizes summing to N={n}")
+    return tuple(sizes)
+
+
+def _load_lpd_asset() -> tuple[dict[tuple[int, int], LpdSizes], dict[int, tuple[LpdSizes, ...]]]:
+    """LPD's lookup table keyed by (N, T) and its training lists keyed by N, from the packaged asset."""
+    from importlib import resources
+
+    data = json.loads((resources.files("orderlab") / "assets" / "lpd_group_sizes.json").read_text("utf-8"))
+    lookup = {(int(n), int(t)): _checked_lpd(sizes, int(n), int(t), f"lookup[{n}][{t}]")
+              for n, table in data["lookup"].items() for t, sizes in table.items()}
+    training = {int(n): tuple(_checked_lpd(sizes, int(n), len(sizes), f"training[{n}][{i}]")
+                              for i, sizes in enumerate(lists))
+                for n, lists in data["training"].items()}
+    return lookup, training
+
+
+#: LPD's sampling table (orders/group_sizes_lookup.json), every entry, keyed by (N, T). Following LPD.
+LPD_TABLE: dict[tuple[int, int], LpdSizes]
+#: LPD's training group-size lists (orders/group_sizes_training/group_sizes_{256,512}.json) per N, in LPD's order.
+LPD_TRAINING_SIZES: dict[int, tuple[LpdSizes, ...]]
+LPD_TABLE, LPD_TRAINING_SIZES = _load_lpd_asset()
+
+
+def lpd_training_budgets(n: int) -> list[int]:
+    """The step counts T of LPD's training lists for N tokens (N=256 or 1024), in LPD's order."""
+    if n not in LPD_TRAINING_SIZES:
+        raise PlanError(f"LPD publishes training group sizes for N in {sorted(LPD_TRAINING_SIZES)}, not N={n}")
+    return [len(sizes) for sizes in LPD_TRAINING_SIZES[n]]
 
 
 def register_size_rule(name: str) -> Callable[[SizeRule], SizeRule]:
@@ -180,7 +218,10 @@ def uniform(n: int, steps: int) -> list[int]:
 
 @register_size_rule("lpd")
 def lpd(n: int, steps: int) -> list[int]:
-    """LPD's published table where (N, T) is listed; elsewhere ``cosine`` (first group 1). The fallback is ours."""
+    """LPD's published table (:data:`LPD_TABLE`, every entry) where (N, T) is listed; elsewhere ``cosine``.
+
+    The fallback to ``cosine`` (first group 1, as LPD's lists) for an (N, T) LPD does not list is ours.
+    """
     table = LPD_TABLE.get((n, steps))
     return list(table) if table is not None else cosine(n, steps)
 
