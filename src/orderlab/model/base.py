@@ -14,6 +14,7 @@ position-instruction tokens) overrides the three ``*_rows`` methods and :meth:`B
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from orderlab.model import masks
 from orderlab.model.config import ModelConfig
-from orderlab.model.layers import KVCache, RMSNorm, find_multiple, rope_tables
+from orderlab.model.layers import KVCache, Style, find_multiple, make_norm, rope_tables
 
 __all__ = ["Backbone", "Rows", "COND", "CONTENT", "QUERY"]
 
@@ -75,15 +76,22 @@ class Backbone(nn.Module):
     """Dataclass of this backbone's own knobs, filled from ``ModelConfig.options`` (unknown keys fail at once)."""
     mutual_queries: ClassVar[bool] = True
     """Whether this backbone can let the queries of one group see each other (ModelConfig.mutual)."""
+    mask_embedding: ClassVar[bool] = True
+    """Whether ``tok_emb`` has a ``[MASK]`` row (its last) for the query rows."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
-        self.hidden = find_multiple(int(c.mlp_ratio * c.dim), 64)
-        self.tok_emb = nn.Embedding(c.vocab_size + 1, c.dim)  # last row: [MASK], the query embedding
+        # floor with a margin: 8/3 * 1536 is 4095.9999... in floats, LlamaGen's int(2 * 4 * 1536 / 3) is 4096
+        self.hidden = find_multiple(math.floor(c.mlp_ratio * c.dim + 1e-6), c.ffn_multiple)
+        self.style = Style(c.block_style, self.hidden, c.rate("attn"), c.rate("resid"), c.rate("ffn"))
+        self.tok_emb = nn.Embedding(c.vocab_size + int(self.mask_embedding), c.dim)  # last row: [MASK]
         self.cond_emb = nn.Embedding(c.num_classes + int(c.null_class), c.cond_tokens * c.dim)
         self.pos_emb = nn.Embedding(c.num_tokens + c.cond_tokens, c.dim) if c.position == "learned" else None
-        self.norm = RMSNorm(c.dim)
+        self.spare_emb = nn.Parameter(torch.zeros(c.spare_embeddings, c.dim)) if c.spare_embeddings else None
+        self.input_norm = nn.LayerNorm(c.dim, eps=1e-6) if c.input_norm else None  # LPD's z_proj_ln
+        self.token_drop, self.cond_drop = nn.Dropout(c.rate("token")), nn.Dropout(c.rate("cond"))
+        self.norm = make_norm(c.dim, self.style)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.options = self._parse_options(c.options)
 
@@ -99,9 +107,17 @@ class Backbone(nn.Module):
         return cls.Options(**options)
 
     def _init_weights(self) -> None:
+        """Normal(0.02) weights (LlamaGen, ARPG, RandAR) or xavier-uniform linears (LPD's ViT blocks); zero biases;
+        a zero head where the config asks (ARPG and RandAR)."""
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
+            if isinstance(m, nn.Linear) and self.style.kind == "vit":
+                nn.init.xavier_uniform_(m.weight)
+            elif isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        if self.config.head_init == "zero":
+            nn.init.zeros_(self.head.weight)
 
     @property
     def mask_id(self) -> int:
@@ -116,26 +132,35 @@ class Backbone(nn.Module):
             raise ValueError(f"label {bad} is out of range 0..{hi - 1} (num_classes={self.config.num_classes}, "
                              f"null class {'on' if self.config.null_class else 'off'})")
 
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) token embeddings; content tokens (not ``[MASK]`` rows) get the token dropout."""
+        x = self.tok_emb(tokens)
+        if self.training and self.token_drop.p > 0:
+            x = torch.where((tokens != self.mask_id).unsqueeze(-1), self.token_drop(x), x)
+        return x
+
     def embed(self, labels: torch.Tensor | None, tokens: torch.Tensor, positions: torch.Tensor):
         """Input embeddings and positions: (B, C + L, D) and (B, C + L) with -1 for condition rows."""
         c = self.config
-        x = self.tok_emb(tokens)  # (B, L, D)
+        x = self.embed_tokens(tokens)  # (B, L, D)
         pos = positions
         if labels is not None:
             self.check_labels(labels)
-            cond = self.cond_emb(labels).view(labels.shape[0], c.cond_tokens, c.dim)  # (B, C, D)
+            cond = self.cond_drop(self.cond_emb(labels)).view(labels.shape[0], c.cond_tokens, c.dim)  # (B, C, D)
             x = torch.cat([cond, x], dim=1)
             pos = torch.cat([positions.new_full((labels.shape[0], c.cond_tokens), -1), positions], dim=1)
         if self.pos_emb is not None:  # condition rows use the extra slots after the grid
             slot = torch.where(pos >= 0, pos, c.num_tokens + torch.arange(pos.shape[1], device=pos.device) % c.cond_tokens)
             x = x + self.pos_emb(slot)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         return x, pos
 
     def rope(self, pos: torch.Tensor, dtype: torch.dtype):
         c = self.config
         if c.position != "rope":
             return None
-        return rope_tables(pos, c.width, c.dim // c.heads, c.rope_base, dtype)
+        return rope_tables(pos, c.width, c.dim // c.heads, c.rope_base, dtype, c.cond_rope)
 
     @staticmethod
     def select_rows(x: torch.Tensor, num_logits: int | None, logit_rows: torch.Tensor | None) -> torch.Tensor:

@@ -1,19 +1,22 @@
-"""Transformer parts shared by both backbones: RMSNorm, SwiGLU, 2D RoPE, attention with a KV cache and a probe.
+"""Transformer parts shared by the backbones: norms, FFNs, 2D RoPE, attention with a KV cache and a probe.
 
-LlamaGen-style blocks (pre-norm, RMSNorm, SwiGLU, no biases). Nothing here knows about orders or schedules:
-attention takes whatever boolean mask (True = may attend) the caller builds.
+Two block styles (:class:`Style`): LlamaGen's (pre-norm, RMSNorm, SwiGLU, no biases; ARPG and RandAR) and the ViT
+block LPD uses (pre-norm, LayerNorm, GELU MLP, biases). Nothing here knows about orders or schedules: attention
+takes whatever boolean mask (True = may attend) the caller builds.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RMSNorm", "SwiGLU", "Attention", "Block", "KVCache", "rope_tables", "apply_rope", "find_multiple"]
+__all__ = ["RMSNorm", "SwiGLU", "GeluMLP", "Attention", "Block", "Style", "KVCache", "rope_tables", "apply_rope",
+           "find_multiple", "make_norm", "make_ffn"]
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -45,13 +48,56 @@ class SwiGLU(nn.Module):
         return self.drop(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
+class GeluMLP(nn.Module):
+    """The ViT MLP (timm's ``Mlp``, used by LPD): fc1, exact GELU, dropout, fc2, dropout; with biases."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a block is built: LlamaGen's (``llamagen``) or the ViT block of LPD (``vit``), and its dropout rates."""
+
+    kind: str = "llamagen"
+    """``llamagen``: RMSNorm (eps 1e-5), SwiGLU, no biases. ``vit``: LayerNorm (eps 1e-6), GELU MLP, biases."""
+    hidden: int = 0
+    """FFN width."""
+    attn_dropout: float = 0.0
+    """On the attention probabilities."""
+    resid_dropout: float = 0.0
+    """On each attention output before the residual add (ARPG/RandAR's resid_dropout, LPD's proj_drop)."""
+    ffn_dropout: float = 0.0
+    """Inside the FFN (after w2; the ViT MLP also after the activation, as timm's Mlp)."""
+
+    @property
+    def bias(self) -> bool:
+        return self.kind == "vit"
+
+
+def make_norm(dim: int, style: Style) -> nn.Module:
+    return nn.LayerNorm(dim, eps=1e-6) if style.kind == "vit" else RMSNorm(dim)
+
+
+def make_ffn(dim: int, style: Style) -> nn.Module:
+    cls = GeluMLP if style.kind == "vit" else SwiGLU
+    return cls(dim, style.hidden, style.ffn_dropout)
+
+
 def rope_tables(positions: torch.Tensor, width: int, head_dim: int, base: float = 10000.0,
-                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                dtype: torch.dtype = torch.float32, cond: str = "identity") -> tuple[torch.Tensor, torch.Tensor]:
     """2D RoPE angles for row-major grid positions: half the pairs rotate by row, half by column.
 
     Args:
-        positions: (B, L) row-major positions ``r * width + c``; negative entries (condition tokens) get no rotation
-            (LlamaGen zeroes them, which makes the class token's q and k vanish; we keep them intact).
+        positions: (B, L) row-major positions ``r * width + c``; negative entries are condition tokens.
+        cond: what condition tokens get: ``identity`` (no rotation; ours) or ``zero`` (cos = sin = 0, LlamaGen's
+            table, which ARPG and RandAR inherit: the class token's q and k vanish in every layer).
     Returns:
         cos, sin: (B, 1, L, head_dim // 2).
     """
@@ -63,8 +109,12 @@ def rope_tables(positions: torch.Tensor, width: int, head_dim: int, base: float 
     pos = positions.clamp(min=0)
     rows, cols = (pos // width).to(work), (pos % width).to(work)  # (B, L)
     ang = torch.cat([rows.unsqueeze(-1) * freqs, cols.unsqueeze(-1) * freqs], dim=-1)  # (B, L, Dh/2)
-    ang = ang * (positions >= 0).unsqueeze(-1)
-    return ang.cos().unsqueeze(1).to(dtype), ang.sin().unsqueeze(1).to(dtype)
+    grid = (positions >= 0).unsqueeze(-1)
+    ang = ang * grid
+    cos, sin = ang.cos(), ang.sin()
+    if cond == "zero":  # following LlamaGen's precompute_freqs_cis_2d
+        cos = cos * grid
+    return cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -156,13 +206,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 class Attention(nn.Module):
     """Multi-head self-attention with 2D RoPE; in step mode the first rows' K/V are appended to a cache."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by heads {heads}")
         self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
         self.cache: KVCache | None = None
         self.probe: list | None = None
         self.impl = "sdpa"  # a key of KERNELS; set from ModelConfig.attention by the backbone
@@ -189,14 +239,19 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """Pre-norm transformer block: x + drop(attn(norm(x))), then x + ffn(norm(x)).
 
-    def __init__(self, dim: int, heads: int, hidden: int, dropout: float = 0.0):
+    ``Block(dim, heads, hidden, dropout)`` is a LlamaGen block with one rate everywhere; ``style`` sets the kind and
+    each rate (``hidden`` and ``dropout`` are then ignored).
+    """
+
+    def __init__(self, dim: int, heads: int, hidden: int = 0, dropout: float = 0.0, style: Style | None = None):
         super().__init__()
-        self.attn_norm, self.ffn_norm = RMSNorm(dim), RMSNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
-        self.ffn = SwiGLU(dim, hidden, dropout)
-        self.drop = nn.Dropout(dropout)
+        style = style or Style("llamagen", hidden, dropout, dropout, dropout)
+        self.attn_norm, self.ffn_norm = make_norm(dim, style), make_norm(dim, style)
+        self.attn = Attention(dim, heads, style.attn_dropout, style.bias)
+        self.ffn = make_ffn(dim, style)
+        self.drop = nn.Dropout(style.resid_dropout)
 
     def forward(self, x, rope, mask, cache_rows: int | None = None):
         x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, cache_rows))

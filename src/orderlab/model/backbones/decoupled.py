@@ -15,7 +15,7 @@ from torch import nn
 
 from orderlab.model.base import QUERY, Backbone, Rows, _CacheSlot
 from orderlab.model.config import ModelConfig
-from orderlab.model.layers import Block, RMSNorm, SwiGLU, apply_rope, attend
+from orderlab.model.layers import Block, Style, apply_rope, attend, make_ffn, make_norm
 from orderlab.model.registry import register_backbone
 
 __all__ = ["DecoupledTransformer"]
@@ -24,11 +24,11 @@ __all__ = ["DecoupledTransformer"]
 class CrossAttention(nn.Module):
     """Queries (with RoPE at their targets) attend to the shared keys/values; only to_q and the output projection."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = False):
         super().__init__()
         self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
+        self.to_q = nn.Linear(dim, dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
         self.probe: list | None = None
         self.impl = "sdpa"  # a key of orderlab.model.layers.KERNELS
 
@@ -42,14 +42,17 @@ class CrossAttention(nn.Module):
 
 
 class CrossBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, dropout: float = 0.0):
+    """ARPG's CrossDecoder: x + drop(cross_attn(norm(x))), then x + ffn(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, style: Style):
         super().__init__()
-        self.attn_norm, self.ffn_norm = RMSNorm(dim), RMSNorm(dim)
-        self.attn = CrossAttention(dim, heads, dropout)
-        self.ffn = SwiGLU(dim, hidden, dropout)
+        self.attn_norm, self.ffn_norm = make_norm(dim, style), make_norm(dim, style)
+        self.attn = CrossAttention(dim, heads, style.attn_dropout, style.bias)
+        self.ffn = make_ffn(dim, style)
+        self.drop = nn.Dropout(style.resid_dropout)
 
     def forward(self, x, rope, k, v, mask):
-        x = x + self.attn(self.attn_norm(x), rope, k, v, mask)
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, k, v, mask))
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -65,11 +68,11 @@ class DecoupledTransformer(Backbone):
         qd = c.query_depth if c.query_depth is not None else c.depth // 2
         if not 1 <= qd < c.depth:
             raise ValueError(f"model.query_depth={qd} must be in 1..depth-1={c.depth - 1}")
-        self.content_blocks = nn.ModuleList(Block(c.dim, c.heads, self.hidden, c.dropout) for _ in range(c.depth - qd))
-        self.query_blocks = nn.ModuleList(CrossBlock(c.dim, c.heads, self.hidden, c.dropout) for _ in range(qd))
-        self.content_norm = RMSNorm(c.dim)
-        self.to_k = nn.Linear(c.dim, c.dim, bias=False)
-        self.to_v = nn.Linear(c.dim, c.dim, bias=False)
+        self.content_blocks = nn.ModuleList(Block(c.dim, c.heads, style=self.style) for _ in range(c.depth - qd))
+        self.query_blocks = nn.ModuleList(CrossBlock(c.dim, c.heads, self.style) for _ in range(qd))
+        self.content_norm = make_norm(c.dim, self.style)
+        self.to_k = nn.Linear(c.dim, c.dim, bias=self.style.bias)
+        self.to_v = nn.Linear(c.dim, c.dim, bias=self.style.bias)
         self.shared = _CacheSlot()  # the one K/V set every pass-2 layer reads
         self._init_weights()
 

@@ -112,9 +112,12 @@ class RandARTransformer(StreamTransformer):
     stream model's blocks and forward passes, with RandAR's instruction embedding and its own layout."""
 
     Options = RandAROptions
+    mask_embedding = False  # instruction rows are the instruction vector, not a [MASK] embedding (as RandAR)
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
+        if config.input_norm:  # embed() replaces rows after the base embedding, which the norm would have mixed in
+            raise ValueError("model.input_norm is not supported by the randar backbone")
         if self.options.mode not in MODES:
             raise ValueError(f"model.backbone.options.mode={self.options.mode!r} is not one of {list(MODES)}")
         self.instruct = nn.Parameter(torch.zeros(config.dim))  # RandAR's pos_instruct_embeddings
@@ -125,6 +128,14 @@ class RandARTransformer(StreamTransformer):
         return self.options.mode
 
     # ------------------------------------------------------------------------------------------------- model
+    def embed_tokens(self, tokens):
+        """Token rows as the base class; instruction rows get a placeholder that :meth:`embed` replaces."""
+        inst = tokens == self.mask_id
+        x = self.tok_emb(tokens.masked_fill(inst, 0))  # (B, R', D)
+        if self.training and self.token_drop.p > 0:  # RandAR drops token embeddings only
+            x = torch.where(inst.unsqueeze(-1), x, self.token_drop(x))
+        return x
+
     def embed(self, labels, tokens, positions):
         """Instruction rows (``mask_id``) become the instruction vector rotated to their target (following RandAR)."""
         x, pos = super().embed(labels, tokens, positions)  # (B, R, D)
@@ -135,10 +146,10 @@ class RandARTransformer(StreamTransformer):
         vec = self.instruct.to(x.dtype).expand(x.shape)
         if c.position == "rope":
             b, r, _ = x.shape
-            cos, sin = rope_tables(pos, c.width, c.dim // c.heads, c.rope_base, x.dtype)
+            cos, sin = rope_tables(pos, c.width, c.dim // c.heads, c.rope_base, x.dtype)  # targets: never cond
             vec = apply_rope(vec.reshape(b, r, c.heads, -1).transpose(1, 2), cos, sin).transpose(1, 2).reshape(b, r, -1)
         else:  # keep the learned position term the base embedding added
-            vec = vec + (x - self.tok_emb.weight[self.mask_id].to(x.dtype))
+            vec = vec + (x - self.tok_emb.weight[0].to(x.dtype))  # row 0 is the placeholder of embed_tokens
         return torch.where(inst.unsqueeze(-1), vec, x), pos
 
     # ------------------------------------------------------------------------------------------------ layout

@@ -26,7 +26,7 @@ class StreamTransformer(Backbone):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         c = config
-        self.blocks = nn.ModuleList(Block(c.dim, c.heads, self.hidden, c.dropout) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, style=self.style) for _ in range(c.depth))
         self._init_weights()
 
     def forward(self, labels: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
