@@ -20,6 +20,9 @@ Result keys are named honestly by feature space: ``fcd``/``kcd`` ("FCD (classifi
 CNN; not comparable with papers' Inception FIDs) or ``fid``/``kid`` (a TorchScript Inception file), plus
 ``precision``, ``recall``, ``num_samples``, ``k``, ``metric``, ``feature_space`` and ``extractor`` (fingerprint).
 Compare numbers only at equal ``num_samples`` and extractor fingerprint.
+
+FID against published reference statistics (an ADM-style ``.npz`` of ``mu``/``sigma``, as ARPG and LPD report):
+``load_ref_stats(path, extractor.num_features).fid(features)`` (:mod:`orderlab.metrics.ref_stats`).
 """
 
 from orderlab.metrics.cache import default_cache_dir
@@ -40,9 +43,10 @@ from orderlab.metrics.image_metrics import (
     image_metrics,
     precision_recall,
 )
+from orderlab.metrics.ref_stats import RefStats, frechet_distance, frechet_to_stats, load_ref_stats
 
 __all__ = [
     "ImageMetrics", "load_extractor", "ClassifierFeatures", "FeatureCNN", "FeatureExtractor", "TorchScriptFeatures",
     "asset_path", "classifier_features", "RealImages", "extract_features", "format_metrics", "image_metrics",
-    "precision_recall", "default_cache_dir",
+    "precision_recall", "default_cache_dir", "RefStats", "load_ref_stats", "frechet_to_stats", "frechet_distance",
 ]
