@@ -208,6 +208,7 @@ def _bad_values(cmd, tmp, ckpt, root):
         "prepare": ["digits", "--out", tmp / "out", "--num_shards", "0"],
         "bench": ["decode", "--repeats", "0", "--out", tmp / "out"],
         "plans": ["build", "--count", "0", "--out", tmp / "out" / "bank.pt"],
+        "convert": ["--from", "arpg", "--ckpt", ckpt, "--out", tmp / "out" / "x.ckpt"],  # an orderlab file
         "evaluate": ["--ckpt", ckpt, "--rows", "[random:4]", "--num_samples", "-3", "--out", tmp / "out"],
         "sample": ["--ckpt", ckpt, "--num", "0", "--out", tmp / "out" / "s.png"],
         "demo": ["--num_samples", "-3", "--out", tmp / "out", "--data", root],

@@ -24,7 +24,11 @@ COMMANDS: dict[str, str] = {
     "demo": "orderlab.commands.demo_cmd:demo",
     "search": "orderlab.commands.search_cmd:search",
     "plans": "orderlab.commands.plans_cmd:plans",
+    "convert": "orderlab.commands.convert_cmd:convert",
 }
+# flags whose natural name is a Python keyword: translated before jsonargparse reads the command line
+FLAG_ALIASES: dict[str, dict[str, str]] = {"convert": {"--from": "--source"},
+                                           "evaluate": {"--ref-stats": "--ref_stats"}}
 # LightningCLI subcommands (orderlab.train.lightning_cli), described here because they have no function of ours
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "Train a model: --config YAML plus --trainer.*, --model.*, --data.* overrides.",
@@ -32,7 +36,8 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "test": "Score a checkpoint (--ckpt_path) on the test split (the validation split when there is none).",
 }
 # the order `orderlab --help` lists them in: the order of a first session
-_HELP_ORDER = ("prepare", "fit", "validate", "test", "sample", "evaluate", "schedules", "search", "bench", "demo")
+_HELP_ORDER = ("prepare", "fit", "validate", "test", "sample", "evaluate", "schedules", "search", "bench", "convert",
+               "demo")
 
 
 def subcommands() -> list[str]:
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"{', '.join(subcommands())}; orderlab --help describes them)")
     from jsonargparse import CLI, ArgumentError
 
+    for old, new in FLAG_ALIASES.get(cmd, {}).items():
+        rest = [new + a[len(old):] if a == old or a.startswith(old + "=") else a for a in rest]
     module, func = COMMANDS[cmd].split(":")
     fn = getattr(importlib.import_module(module), func)
     try:

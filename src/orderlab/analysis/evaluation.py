@@ -66,7 +66,8 @@ _ROW_RE = re.compile(r"^(?P<name>[A-Za-z_][\w-]*)(?::(?P<steps>\d+))?$")
 
 
 def parse_row(spec: str | dict | Row) -> Row:
-    """``"locality:8"``, ``"raster"`` (natural budget) or ``{schedule, steps, knobs, decoder, decoder_args}``."""
+    """``"locality:8"``, ``"raster"`` (natural budget) or ``{schedule, steps, knobs, decoder, decoder_args}``;
+    ``native`` (a converted published model's own decoding) is kept as it is until its checkpoint is loaded."""
     if isinstance(spec, Row):
         return spec
     if isinstance(spec, str):
@@ -83,6 +84,8 @@ def parse_row(spec: str | dict | Row) -> Row:
         keys = sorted(Row.__dataclass_fields__)
         raise ValueError(f"row {spec!r} has unknown key {unknown[0]!r}{did_you_mean(unknown[0], keys)} (keys are {keys})")
     row = Row(**spec)
+    if row.schedule == "native" and not row.knobs:  # resolved from the checkpoint (orderlab convert) once loaded
+        return row
     try:
         get_schedule(row.schedule, **row.knobs)  # unknown name or knob fails here, naming it
     except TypeError as err:  # a knob the schedule lacks: bad input, like an unknown name
@@ -115,8 +118,12 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
                  val_labels: torch.Tensor | None = None, batch_size: int = 256, cfg_scale: float = 1.0,
                  cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, cache_dir: str | None = None, grid_path: str | None = None,
-                 precision: str = "fp32", progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+                 precision: str = "fp32", progress: Callable[[str, int], None] | None = None,
+                 ref_stats=None) -> dict[str, Any]:
     """Sample ``num_samples`` images under ``row``, score them against ``real``; one result dict.
+
+    With ``ref_stats`` (a :class:`~orderlab.metrics.ref_stats.RefStats` of the extractor's width) the result also
+    holds ``fid_ref``: the Fréchet distance of the same generated features to those published statistics.
 
     Labels cycle through the classes (balanced); sample i draws from ``sample_generator(seed, i)``. Wall time counts
     generation only (not tokenizer decoding or metrics), per image, with the whole batch in flight.
@@ -124,7 +131,7 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
     ("scoring") and the NLL ("NLL"), for a progress bar.
     """
     report = progress or (lambda phase, done: None)
-    from orderlab.metrics import image_metrics
+    from orderlab.metrics import ImageMetrics, extract_features
 
     model, cfg = loaded.model, loaded.config
     schedule = get_schedule(row.schedule, **row.knobs)
@@ -152,7 +159,11 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
     tokens = torch.cat(tokens)  # (num_samples, H, W)
     report("scoring", num_samples)
     images = torch.cat([loaded.decode_tokens(tokens[i:i + 500]) for i in range(0, len(tokens), 500)])
-    metrics = image_metrics(real, images, extractor, num_samples=num_samples, seed=seed, cache_dir=cache_dir)
+    scorer = ImageMetrics(extractor, real, num_samples, cache=cache_dir or False, seed=seed)
+    fake_features = extract_features(extractor, images[:num_samples])  # once: for the metrics and for fid_ref
+    metrics = scorer.compute_features(fake_features)
+    if ref_stats is not None:
+        metrics["fid_ref"] = ref_stats.fid(fake_features)
     # the schedule's repr names every knob, and for a plan bank its file and content hash: what made these plans
     result = {"row": row.label, "schedule": row.schedule, "schedule_repr": repr(schedule),
               "steps": len(info.plans[0].sizes) if info.plans else row.steps, "decoder": row.decoder, "forward_passes": _passes(sum(passes) / num_samples),
@@ -174,8 +185,8 @@ def _passes(x: float) -> int | float:
 
 
 # ---------------------------------------------------------------------------------------------------- output
-TABLE_KEYS = ("row", "forward_passes", "fcd", "fid", "kcd", "kid", "precision", "recall", "nll_bits_per_token",
-              "ms_per_image", "accepted_per_pass")
+TABLE_KEYS = ("row", "forward_passes", "fcd", "fid", "fid_ref", "kcd", "kid", "precision", "recall",
+              "nll_bits_per_token", "ms_per_image", "accepted_per_pass")
 
 
 def _fmt(v: Any) -> str:
@@ -276,7 +287,8 @@ def load_context(ckpt: str, data: str | None = None, split: str = "val", extract
     except ValueError as err:
         raise ValueError(f"checkpoint {ckpt} does not fit the data {root}: {err}") from None
     if extractor == "classifier":
-        feats = classifier_features(loaded.data.get("name") or "digits")
+        # the classifier of the images compared against (a converted published model names no project dataset)
+        feats = classifier_features(real.manifest().get("dataset") or loaded.data.get("name") or "digits")
     elif os.path.isfile(extractor):
         feats = TorchScriptFeatures(extractor)
     else:

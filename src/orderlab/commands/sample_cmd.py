@@ -151,8 +151,9 @@ def sample(*, ckpt: str, out: str = "samples.png", schedule: str = "random", ste
     Args:
         ckpt: checkpoint written by ``orderlab fit``.
         out: PNG path of the grid (tokens go beside it as .npy when ``save_tokens``).
-        schedule: registered schedule name.
-        steps: step budget T (None: the schedule's natural budget).
+        schedule: registered schedule name, or ``native``: a converted published model's own decoding (its order,
+            step sizes and budget; ``orderlab convert``).
+        steps: step budget T (None: the schedule's natural budget; for ``native``, the model's own).
         num: number of samples (default 64; with ``known``: one per known image, see ``broadcast``).
         cfg: classifier-free guidance weight (1 = off).
         cfg_schedule: constant | linear | linear_token.
@@ -207,6 +208,13 @@ def sample(*, ckpt: str, out: str = "samples.png", schedule: str = "random", ste
         labels = torch.full((num,), c.null_label)  # unconditional: the known cells decide
     else:
         labels = torch.arange(num) % max(c.num_classes, 1)
+    if schedule == "native":
+        from orderlab.published.native import native_row
+        from orderlab.schedule import get_schedule
+
+        row = native_row(loaded)
+        schedule = get_schedule(row["schedule"], **row.get("knobs", {}))
+        steps = row["steps"] if steps is None else steps
     if decoder != "plan":
         kw.update(decoder=decoder, decoder_args=decoder_args)
     elif decoder_args:

@@ -108,6 +108,12 @@ def _linear_step(scale: float, start: int, size: int, n: int, *, t: int, steps: 
     return torch.full((size,), 1 + (scale - 1) * (start + size) / n)
 
 
+@register_cfg_schedule("linear_before")
+def _linear_before(scale: float, start: int, size: int, n: int, *, t: int, steps: int) -> torch.Tensor:
+    # following RandAR's generate: 1 + (w - 1) * (tokens generated before this step) / N, one value per step
+    return torch.full((size,), 1 + (scale - 1) * start / n)
+
+
 @register_cfg_schedule("linear_token")
 def _linear_token(scale: float, start: int, size: int, n: int, *, t: int, steps: int) -> torch.Tensor:
     # following LPD: 1 + (w - 1) * j / N with j the token's 0-based index in the generation order

@@ -27,6 +27,8 @@ class Loaded:
     config: ModelConfig
     data: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    native: dict[str, Any] | None = None
+    """A converted published model's own decoding (``orderlab convert``): ``{"row", "cfg_schedule", ...}``."""
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, H, W) tokens -> (B, C, Hpx, Wpx) images in [0, 1]."""
@@ -52,7 +54,8 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Load
     model = build_model(cfg)
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    return Loaded(model=model.eval(), config=cfg, data=dict(meta.get("data") or {}), path=path)
+    return Loaded(model=model.eval(), config=cfg, data=dict(meta.get("data") or {}), path=path,
+                  native=meta.get("native"))
 
 
 def load_error(err: BaseException) -> str:
