@@ -209,3 +209,17 @@ def test_convert_cli_then_sample_and_evaluate_native(tmp_path, digits_root, caps
     rows = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
     assert [r["steps"] for r in rows] == [8, 8]
     assert "sizes='randar'" in rows[0]["schedule_repr"] and "sizes='randar'" not in rows[1]["schedule_repr"]
+
+
+def test_dashed_flags_of_the_issue_are_accepted(tmp_path, capsys):
+    """`--from` (a Python keyword) and `--ref-stats` reach their parameters (--source, --ref_stats)."""
+    from orderlab.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["evaluate", "--ckpt", str(tmp_path / "x.ckpt"), "--rows", "[native]", "--ref-stats",
+              str(tmp_path / "none.npz"), "--out", str(tmp_path / "out")])
+    assert err.value.code == 2 and "reference statistics" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        main(["convert", "--from=lpd", "--ckpt", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o.ckpt")])
+    assert err.value.code == 2 and "none.pth' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
