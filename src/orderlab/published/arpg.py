@@ -37,8 +37,7 @@ def _block(t: Taker, src: str, dst: str, dim: int, hidden: int, out: dict, cross
 def convert(t: Taker, hints: Hints) -> Converted:
     facts: list[str] = []
     emb, head = t.take("embeddings.weight"), t.take("head.weight")
-    w1 = t.take("layers.self_dec.0.ffn.w1.weight")
-    t.used.discard("layers.self_dec.0.ffn.w1.weight")  # taken again with its expected shape below
+    w1 = t.peek("layers.self_dec.0.ffn.w1.weight")  # the FFN width; taken with its shape below
     if emb is None or head is None or w1 is None:
         t.check()
     rows, dim = emb.shape

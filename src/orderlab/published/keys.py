@@ -23,6 +23,14 @@ class Taker:
     def has(self, key: str) -> bool:
         return key in self.state
 
+    def peek(self, key: str) -> torch.Tensor | None:
+        """The tensor under ``key`` without taking it (to read a size before the shaped :meth:`take`); a missing
+        key is recorded."""
+        if key not in self.state:
+            self.missing.append(key)
+            return None
+        return self.state[key]
+
     def take(self, key: str, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
         """The tensor under ``key`` (marked used); None and a recorded problem when it is absent or misshapen."""
         if key not in self.state:

@@ -28,8 +28,7 @@ _ARCH = {k: v for k, v in PUBLISHED["lpd-L"].items() if k not in ("depth", "dim"
 def convert(t: Taker, hints: Hints) -> Converted:
     facts: list[str] = []
     tok, cls, pos = t.take("token_emb.weight"), t.take("class_emb.weight"), t.take("pos_embed")
-    fc1 = t.take("blocks.0.mlp.fc1.weight")
-    t.used.discard("blocks.0.mlp.fc1.weight")  # taken again with its expected shape below
+    fc1 = t.peek("blocks.0.mlp.fc1.weight")  # the MLP width; taken with its shape below
     if tok is None or cls is None or pos is None or fc1 is None:
         t.check()
     vocab, dim = tok.shape

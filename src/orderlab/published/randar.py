@@ -21,10 +21,8 @@ _ARCH = {k: v for k, v in PUBLISHED["randar-L"].items() if k not in ("depth", "d
 def convert(t: Taker, hints: Hints) -> Converted:
     facts: list[str] = []
     tok, table = t.take("tok_embeddings.weight"), t.take("cls_embedding.embedding_table.weight")
-    w1 = t.take("layers.0.feed_forward.w1.weight")
-    qkv0 = t.take("layers.0.attention.wqkv.weight")
-    for k in ("layers.0.feed_forward.w1.weight", "layers.0.attention.wqkv.weight"):
-        t.used.discard(k)  # taken again with the expected shapes below
+    w1 = t.peek("layers.0.feed_forward.w1.weight")  # sizes; both are taken with their shapes below
+    qkv0 = t.peek("layers.0.attention.wqkv.weight")
     if tok is None or table is None or w1 is None or qkv0 is None:
         t.check()
     vocab, dim = tok.shape
