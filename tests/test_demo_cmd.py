@@ -37,7 +37,8 @@ def test_demo_tiny_end_to_end(digits_root, tmp_path, monkeypatch, capsys):
           "--rows", "[random:64, random:8, locality:8]", "--num_samples", "16", "--threads", "1"])
     text = (out / "report.md").read_text()
     for piece in ("FCD", "NOT comparable", "random T=8", "locality T=8", "fcd_vs_steps.png", "samples.png",
-                  "Noise floor", "N/8 = 8 steps", "Training: **3 of 3 steps**", "with 1 torch thread(s)"):
+                  "Real-vs-real floor: FCD", "N/8 = 8 steps", "Training: **3 of 3 steps**", "with 1 torch thread(s)",
+                  "**N = 16**", "two-sample bootstrap", "95 % paired bootstrap, N=16", "[95% interval]"):
         assert piece in text, piece
     for f in ("results.csv", "results.json", "fcd_vs_steps.png", "samples.png", "checkpoints/last.ckpt"):
         assert (out / f).is_file(), f
@@ -52,6 +53,7 @@ def test_demo_tiny_end_to_end(digits_root, tmp_path, monkeypatch, capsys):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["forward_passes"] for r in rows] == [64, 8, 8]
     assert all(np.isfinite(r["fcd"]) and r["num_samples"] == 16 for r in rows)
+    assert all(r["fcd_low"] <= r["fcd_high"] and "items" not in r for r in rows)
     # a second run resumes from last.ckpt instead of training again from zero
     main(["demo", "--out", str(out), "--data", digits_root, "--experiment", str(cfg), "--max_steps", "4",
           "--rows", "[random:8]", "--num_samples", "16"])
@@ -90,7 +92,10 @@ def test_demo_stopped_short_says_so_exits_1_and_a_rerun_finishes(digits_root, tm
     assert ckpt_step(ckpt) == 4
     text = (out / "report.md").read_text()
     assert "Training: **4 of 4 steps**, resumed at step 1" in text
-    assert "not meaningful" not in text and "WARNING" not in text and "holds" in text
+    assert "not meaningful" not in text and "WARNING" not in text
+    verdicts = [line for line in text.splitlines() if line.startswith("- ") and " -> " in line]
+    assert len(verdicts) == 2 and all(any(w in line for w in ("-> better", "-> worse", "-> no detectable difference"))
+                                      for line in verdicts), verdicts
 
 
 def test_default_threads_follow_the_openmp_wait_policy(monkeypatch):
@@ -123,19 +128,38 @@ def test_fit_config_replaces_max_time_with_a_per_run_guard(tmp_path):
                           if limit else [])
 
 
-def test_findings_state_whether_the_anchor_claims_hold():
-    rows = [dict(schedule="random", forward_passes=64, fcd=10.0), dict(schedule="random", forward_passes=8, fcd=11.0),
-            dict(schedule="locality", forward_passes=8, fcd=12.0)]
-    lines = findings(rows, 64)
-    assert "finding holds" in lines[0] and "does NOT hold" in lines[1]
-    assert findings(rows, 64, trained=(400, 400)) == lines
-    short = findings(rows, 64, trained=(67, 400))  # an under-trained model: no verdict either way
+def _row(schedule, passes, features, real):
+    """A result of evaluate_row(keep_items=True) built from features: enough for findings()."""
+    from orderlab.metrics.intervals import fd_from_features
+
+    return dict(schedule=schedule, forward_passes=passes, row=f"{schedule} T={passes}",
+                fcd=fd_from_features(real, features), items={"features": features, "real_features": real})
+
+
+def test_findings_read_paired_differences_and_never_call_noise_a_refutation():
+    rng = np.random.default_rng(0)
+    real, same = rng.normal(size=(200, 4)), rng.normal(size=(200, 4))
+    rows = [_row("random", 64, same, real), _row("random", 8, same, real),  # the same samples: difference 0
+            _row("locality", 8, same + 1.5, real)]  # far off: worse beyond the noise
+    lines = findings(rows, 64, n_boot=50)
+    assert len(lines) == 2 and all(" -> " in line for line in lines)
+    assert "difference 0.0000 [0.0000, 0.0000]" in lines[0] and "-> no detectable difference at this N" in lines[0]
+    assert "consistent with the ARPG/LPD finding" in lines[0]
+    assert "-> worse (the interval excludes 0)" in lines[1] and "does not hold here" in lines[1]
+    assert not any("refuted" in line or "NOT" in line for line in lines)
+    assert findings(rows, 64, trained=(400, 400), n_boot=50) == lines
+    short = findings(rows, 64, trained=(67, 400), n_boot=50)  # an under-trained model: no verdict either way
     assert len(short) == 2 and all(line.endswith("not meaningful (trained 67 of 400 steps).") for line in short)
-    assert not any("hold" in line for line in short)
-    rows[1]["fcd"] = 20.0
-    rows[2]["fcd"] = 19.0
-    lines = findings(rows, 64)
-    assert "does NOT hold" in lines[0] and "holds here" in lines[1] and "NOT" not in lines[1]
+    assert not any(w in line for line in short for w in ("-> better", "-> worse", "no detectable", "hold"))
+    rows[2] = _row("locality", 8, same, real)  # locality = random: no detectable difference, no verdict on LPD
+    line = findings(rows, 64, n_boot=50)[1]
+    assert "no detectable difference at this N: this run neither supports nor contradicts LPD's finding" in line
+    rows[1] = _row("random", 8, same + 1.5, real)  # random T=8 far off: N/8 worse, locality better than it
+    a, b = findings(rows, 64, n_boot=50)
+    assert "-> worse at N/8" in a and "does not hold at this N" in a
+    assert "-> better: consistent with LPD's finding" in b
+    del rows[0]["items"]  # no per-sample features: the numbers, but no verdict
+    assert "no paired interval" in findings(rows, 64, n_boot=50)[0] and "no verdict" in findings(rows, 64)[0]
 
 
 def test_rows_parse_and_fail_clearly():
@@ -158,8 +182,12 @@ def test_evaluate_and_sample_commands(tiny_ckpt, digits_root, tmp_path, capsys):
     assert [r["forward_passes"] for r in res["rows"]] == [64, 8]
     assert res["meta"]["num_samples (real = generated)"] == 12
     assert all(r["nll_bits_per_token"] > 0 for r in res["rows"])
+    assert all(r["fcd_low"] <= r["fcd_high"] and r["nll_low"] <= r["nll_bits_per_token"] <= r["nll_high"]
+               for r in res["rows"])  # every number with its interval (more in tests/test_uncertainty.py)
+    assert "B=500" in res["meta"]["fcd interval"] and "N=12" in res["meta"]["real-vs-real floor (FCD)"]
     md = (tmp_path / "ev" / "results.md").read_text()
     assert "| raster T=64 | 64 |" in md and len(list((tmp_path / "ev").glob("grid_*.png"))) == 2
+    assert "| fcd_corrected [95% interval] |" in md and "(N=12 vs 12)" not in md
     # sampling, then inpainting the bottom half of each sample: its top half comes back unchanged
     main(["sample", "--ckpt", tiny_ckpt, "--schedule", "locality", "--steps", "8", "--num", "4",
           "--out", str(tmp_path / "s.png"), "--cfg", "2.0"])

@@ -30,7 +30,8 @@ def digits(digits_root):
 
 @pytest.fixture(scope="module")
 def train_images(digits):
-    return RealImages(digits, "train").images(1024)  # (1024, 1, 8, 8) in [0, 1]
+    # (1024, 1, 8, 8) in [0, 1]: 1,024 distinct real digits, the 899 of train and then val (half/half split)
+    return torch.cat([RealImages(digits, "train").images(899), RealImages(digits, "val").images(898)])[:1024]
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,8 @@ def test_an_unwritable_cache_only_warns(fcd, digits, tmp_path):
 
 
 def test_metric_input_errors(fcd, digits, train_images):
-    with pytest.raises(ValueError, match="has 270 images, fewer than num_samples=300"):
-        ImageMetrics(fcd, digits, num_samples=300)
+    with pytest.raises(ValueError, match="has 898 images, fewer than num_samples=1000"):
+        ImageMetrics(fcd, digits, num_samples=1000)
     with pytest.raises(ValueError, match="got 100 generated images, fewer than num_samples=128"):
         ImageMetrics(fcd, train_images[:128], num_samples=128).compute(train_images[:100])
     with pytest.raises(ValueError, match="no split 'test'"):

@@ -86,7 +86,9 @@ def test_failed_or_interrupted_prepare_leaves_nothing_half_written(tmp_path):
 
 def test_option_errors_come_before_any_work(tmp_path):
     for kwargs, message in (({"val_fraction": 1.5}, "val_fraction=1.5"), ({"limit": 0}, "limit=0"),
-                            ({"epochs": 0}, "epochs=0")):
+                            ({"epochs": 0}, "epochs=0"), ({"size": 1}, "size=1"), ({"size": 4.0}, "size=4.0"),
+                            ({"beta": -1.0}, "beta=-1.0"), ({"beta": 0}, "beta=0"),
+                            ({"beta": float("nan")}, "beta=nan")):
         with pytest.raises(ValueError, match=message):
             PrepareOptions(**kwargs)
     with pytest.raises(ValueError, match="num_shards=0"):
@@ -182,7 +184,8 @@ def test_prepare_again_with_the_same_options_is_a_no_op(tmp_path, capsys):
     main(args)
     assert read_manifest(str(out))["prepare_options"] == {"dataset": "digits", "num_shards": 2, "seed": 0,
                                                           "val_fraction": 0.15, "limit": 200, "epochs": 2,
-                                                          "source": None, "tokenizer": None}
+                                                          "size": None, "beta": None, "source": None,
+                                                          "tokenizer": None}
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     capsys.readouterr()
     main(args)
@@ -199,3 +202,70 @@ def test_prepare_again_with_the_same_options_is_a_no_op(tmp_path, capsys):
     assert exit_info.value.code == 2 and "not an intact prepared dataset" in err and "val-000001.tar" in err
     main([*args, "--overwrite", "true"])
     assert "prepared digits" in capsys.readouterr().out and (out / "val-000001.tar").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------------------------ ising
+def test_ising_prepares_with_its_facts(tmp_path, capsys):
+    """`prepare ising`: 0/1 token grids, one class, a pixel tokenizer, and the Ising facts in the manifest."""
+    from orderlab.data.ising import energy_per_site, exact_reference, ising_dataset, magnetisation
+    from orderlab.data.shards import read_split
+
+    out = tmp_path / "ising"
+    args = ["prepare", "ising", "--out", str(out), "--size", "4", "--beta", "0.3", "--limit", "240", "--seed", "2",
+            "--num_shards", "2", "--progress", "false"]
+    main(args)
+    text = capsys.readouterr().out
+    assert "prepared ising" in text and "ising: L=4, beta=0.3" in text
+    m = read_manifest(str(out))
+    assert (m["grid"], m["vocab_size"], m["num_classes"]) == ([4, 4], 2, 1)
+    assert m["tokenizer"] == {"name": "pixel", "levels": 2, "height": 4, "width": 4, "channels": 1}
+    assert {s: v["count"] for s, v in m["splits"].items()} == {"train": 240, "val": 40}  # val: ceil(240 / 6)
+    tokens, labels = read_split(str(out), "val")
+    assert tokens.shape == (40, 4, 4) and set(np.unique(tokens)) <= {0, 1} and not np.any(labels)
+    facts, exact = m["ising"], exact_reference(4, 0.3)
+    assert (facts["L"], facts["beta"], facts["seed"], facts["exact_method"]) == (4, 0.3, 2, "enumeration")
+    assert facts["exact_energy_per_site"] == exact["energy_per_site"]
+    assert facts["exact_entropy_bits_per_site"] == exact["entropy_bits_per_site"]
+    assert (facts["sampler"], facts["burn_in"], facts["thin"], facts["n_chains"]) == ("swendsen_wang", 200, 20, 64)
+    grids = np.asarray(tokens)
+    assert facts["val_energy_per_site"] == pytest.approx(float(energy_per_site(grids).mean()), abs=1e-12)
+    assert facts["val_abs_magnetisation"] == pytest.approx(float(magnetisation(grids, absolute=True).mean()),
+                                                           abs=1e-12)
+    # the shards hold exactly ising_dataset's grids, and pixel decoding makes 0/1 images
+    want = ising_dataset(4, 0.3, n_train=240, n_val=40, seed=2)["val"]
+    assert np.array_equal(grids, want)
+    images = load_tokenizer(m["tokenizer"]).decode(torch.from_numpy(grids).long())
+    assert images.shape == (40, 1, 4, 4) and torch.equal(images[:, 0], torch.from_numpy(grids).float())
+    # the same options again: nothing to do; another L or beta: refused, naming the difference
+    main(args)
+    assert "nothing to do" in capsys.readouterr().out
+    for flag, value, why in (("--size", "5", "size=4 there, 5 asked"), ("--beta", "0.4", "beta=0.3 there, 0.4 asked")):
+        changed = list(args)
+        changed[changed.index(flag) + 1] = value
+        with pytest.raises(SystemExit) as exit_info:
+            main(changed)
+        assert exit_info.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_ising_defaults_are_recorded_resolved(tmp_path, capsys):
+    """No --size / --beta means L = 8, beta = 0.40; the record holds those values, so the explicit flags match."""
+    out = tmp_path / "ising"
+    main(["prepare", "ising", "--out", str(out), "--limit", "64", "--num_shards", "1", "--progress", "false"])
+    m = read_manifest(str(out))
+    assert m["grid"] == [8, 8] and (m["ising"]["L"], m["ising"]["beta"]) == (8, 0.4)
+    assert (m["prepare_options"]["size"], m["prepare_options"]["beta"]) == (8, 0.4)
+    assert m["ising"]["exact_method"] == "kaufman_1949"
+    capsys.readouterr()
+    main(["prepare", "ising", "--out", str(out), "--limit", "64", "--num_shards", "1", "--progress", "false",
+          "--size", "8", "--beta", "0.4"])
+    assert "nothing to do" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value, message", [("--size", "1", "size=1"), ("--beta", "-1", "beta=-1"),
+                                                  ("--beta", "0", "beta=0")])
+def test_ising_bad_knob_is_one_line(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "ising", "--out", str(tmp_path / "out"), flag, value, "--progress", "false"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

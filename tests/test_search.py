@@ -58,6 +58,9 @@ def test_inference_search_writes_pareto_and_resumes(tiny_ckpt, tmp_path, capsys)
     assert len(list((Path(spec.out) / "trials").glob("trial_*.png"))) == 3
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{spec.out}/study.db")
     assert study.trials[0].user_attrs["metrics"]["fcd"] == rows[0]["fcd"]
+    assert all(r["fcd_low"] <= r["fcd_high"] and r["nll_low"] <= r["nll_high"] for r in rows)  # their intervals
+    md = (Path(spec.out) / "trials.md").read_text()
+    assert "| fcd | fcd_corrected [95% interval] |" in md and "- fcd interval: 95 %" in md
     # a second invocation continues the same study: the count grows, the first three trials are untouched
     run_search(spec, None, n_trials=2)
     again = load(spec.out)
@@ -66,6 +69,18 @@ def test_inference_search_writes_pareto_and_resumes(tiny_ckpt, tmp_path, capsys)
     assert "5 trials stored" not in capsys.readouterr().out  # the second run started from 3
     new_params = [{k: r[k] for k in SPACE if k in r} for r in again]
     assert new_params[3] != new_params[0], "a rerun draws fresh parameters instead of repeating the first ones"
+
+
+def test_trials_table_shows_the_fd_interval_where_trials_have_one():
+    from types import SimpleNamespace
+
+    from orderlab.search.report import _keys
+
+    spec = SimpleNamespace(params=[SimpleNamespace(name="steps")], objectives=["fcd", "steps", "nll_bits_per_token"])
+    with_iv = [{"fcd": 3.0, "fcd_corrected": 1.0, "fcd_low": 0.5, "fcd_high": 1.5}]
+    assert _keys(spec, with_iv) == ["trial", "state", "steps", "fcd", "fcd_corrected", "nll_bits_per_token",
+                                    "seconds", "fail_reason"]
+    assert "fcd_corrected" not in _keys(spec, [{"fcd": 3.0}])  # e.g. trials evaluated with n_boot=0
 
 
 @pytest.mark.slow

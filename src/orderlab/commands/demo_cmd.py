@@ -69,7 +69,7 @@ def fit_config(config: str, out: str, data: str, max_steps: int | None, callback
 
 
 def demo(out: str = "runs/demo", data: str = "data/digits", experiment: str = "experiments/digits/base.yaml",
-         max_steps: int | None = None, rows: list[str] | None = None, num_samples: int = 270,
+         max_steps: int | None = None, rows: list[str] | None = None, num_samples: int | None = None,
          seed: int = 0, callbacks: bool = True, cache_dir: str | None = None, threads: int | None = None,
          time_limit: float | None = 10.0) -> None:
     """Run the whole demo on CPU in minutes and write ``out``/report.md.
@@ -80,7 +80,9 @@ def demo(out: str = "runs/demo", data: str = "data/digits", experiment: str = "e
         experiment: the experiment YAML to train (an `orderlab fit --config` file).
         max_steps: override the YAML's training steps (a tiny value for a smoke run).
         rows: (schedule, steps) rows to evaluate (default: all six schedules at T = N, N/4, N/8 or natural).
-        num_samples: images per row and real held-out images compared (digits' val split has 270).
+        num_samples: images per row and real held-out images compared (None: as many as the data allows, the
+            smaller of the val and train splits, 898 for digits' half/half split: generated = reference = N, and
+            N training images give the real-vs-real floor at that N).
         seed: sampling seed.
         callbacks: keep the YAML's TensorBoard callbacks (sample grids, attention maps).
         cache_dir: folder of the real-feature cache (default: $ORDERLAB_CACHE, else $XDG_CACHE_HOME/orderlab, else
@@ -123,16 +125,20 @@ def _demo(out, data, config, max_steps, rows, num_samples, seed, callbacks, cach
 
     from orderlab.commands.evaluate_cmd import run_evaluation
     from orderlab.commands.report import write_report
+    from orderlab.data.datasets import PrepareOptions, prepare_dataset
     from orderlab.train.lightning_cli import run_lightning_cli
 
     t0 = time.perf_counter()
-    if not _dataset_ok(data):
+    options = PrepareOptions(seed=DEMO_DATA_SEED, progress=False)
+    if not _dataset_ok(data, options):
         print(f"[1/4] preparing digits -> {data}", flush=True)
-        from orderlab.data.datasets import PrepareOptions, prepare_dataset
-
-        prepare_dataset("digits", data, PrepareOptions(seed=DEMO_DATA_SEED, progress=False), overwrite=True)
+        prepare_dataset("digits", data, options, overwrite=True)
     else:
         print(f"[1/4] reusing the prepared digits in {data}", flush=True)
+    if num_samples is None:  # as many as the data allows: generated = reference = N, and N disjoint real images
+        from orderlab.data.shards import read_manifest
+
+        num_samples = min(v["count"] for v in read_manifest(data)["splits"].values())
     cfg_path = fit_config(config, out, data, max_steps, callbacks, time_limit)
     ckpt_dir = Path(out) / "checkpoints"
     resume = (ckpt_dir / "last.ckpt").is_file()
@@ -159,10 +165,10 @@ def _demo(out, data, config, max_steps, rows, num_samples, seed, callbacks, cach
     ckpt = str(ckpt_dir / "last.ckpt")
     print(f"[3/4] evaluating {len(rows or DEMO_ROWS)} (schedule, steps) rows at {num_samples} samples each", flush=True)
     results = run_evaluation(ckpt, rows or DEMO_ROWS, out, num_samples=num_samples, data=data, seed=seed,
-                             cache_dir=cache_dir)
+                             cache_dir=cache_dir, keep_items=True)  # items: the report's paired comparisons
     print("[4/4] writing the report", flush=True)
     report = write_report(results, out, data=data, ckpt=ckpt, num_samples=num_samples, fit_seconds=fit_seconds,
-                          total_seconds=time.perf_counter() - t0, cache_dir=cache_dir, training=training)
+                          total_seconds=time.perf_counter() - t0, cache_dir=cache_dir, training=training, seed=seed)
     print(f"\ndone in {time.perf_counter() - t0:.0f} s\n  report:      {report}\n  table:       {out}/results.md"
           f"\n  checkpoint:  {ckpt} (step {training['steps']} of {training['max_steps']})"
           f"\n  TensorBoard: tensorboard --logdir {out}", flush=True)
@@ -204,11 +210,19 @@ def _ckpt_step(path: str) -> int:
         return 0
 
 
-def _dataset_ok(root: str) -> bool:
+def _dataset_ok(root: str, options) -> bool:
+    """``root`` holds intact digits prepared with ``options`` AND the split the preparer makes today (a folder of
+    an older split, e.g. the 15 % one that held out 270 images, records the same options but not the same split)."""
     try:
+        from orderlab.data.datasets import DATASETS, existing_preparation
         from orderlab.data.shards import read_manifest, verify_shards
 
-        verify_shards(root, read_manifest(root), checksums=True)
-        return True
+        manifest = read_manifest(root)
+        verify_shards(root, manifest, checksums=True)
+        if existing_preparation("digits", root, options)[0] is None:
+            return False
+        fresh = DATASETS.get("digits")(options, root)  # digits writes nothing into its work folder: split only
+        counts = {split: len(tokens) for split, (tokens, _) in fresh.splits.items()}
+        return manifest["source"] == fresh.source and {s: v["count"] for s, v in manifest["splits"].items()} == counts
     except Exception:  # missing, partial or corrupt: prepare again (prepare writes atomically)
         return False

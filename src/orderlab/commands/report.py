@@ -1,5 +1,6 @@
-"""The demo report: results table, the real-vs-real floor, FCD-vs-steps plot, sample grids, and the two anchor
-findings checked against the numbers (stated as holding or not, never assumed)."""
+"""The demo report: results table with 95 % intervals, the real-vs-real floor at N, FCD-vs-steps plot, sample
+grids, and the two anchor findings checked by paired comparisons (a difference with its interval and a verdict:
+better, worse, or no detectable difference at this N; never a verdict on a difference inside the noise)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from orderlab.analysis.evaluation import fmt_interval
 from orderlab.analysis.pictures import save_figure
+from orderlab.analysis.uncertainty import DEFAULT_N_BOOT, compare_rows, floor_text, interval_methods
 from orderlab.data.atomic import atomic_write_bytes
 
 __all__ = ["write_report", "findings", "real_floor"]
 
-_CLOSE = 1.25  # "close": within 25 % of the T = N value (our threshold; LPD's 256 -> 20 steps moved FID 2.1 -> 2.1x)
+_LPD = "LPD's finding (locality-aware order better than random; 1.92 vs 2.11 FID on ImageNet)"
+_ARPG = "the ARPG/LPD finding (N/8 steps about as good as N)"
 
 
 def _fd(r: dict[str, Any]) -> float:
@@ -26,57 +30,105 @@ def _find(results, schedule: str, passes: int) -> dict | None:
                  and r.get("decoder", "plan") == "plan"), None)
 
 
-def findings(results: list[dict[str, Any]], n: int, trained: tuple[int, int] | None = None) -> list[str]:
-    """Check the anchors' two claims on these numbers; each line says whether it holds here.
+def _difference(a: dict, b: dict, n_boot: int, seed: int) -> tuple[str, str | None]:
+    """("FCD 14.25 vs 14.56, difference -0.31 [-1.20, 0.58] (paired, N=898)", verdict) of a - b; verdict None
+    when the rows hold no per-sample features."""
+    key = "fcd" if "fcd" in a else "fid"
+    text = f"{key.upper()} {_fd(a):.2f} vs {_fd(b):.2f}"
+    if not (a.get("items") and b.get("items")):
+        return text + " (no per-sample features kept: no paired interval)", None
+    c = compare_rows(a, b, n_boot=n_boot, seed=seed)
+    iv = fmt_interval(c[f"{key}_diff"], c[f"{key}_diff_low"], c[f"{key}_diff_high"])
+    return text + f", difference {iv} (95 % paired bootstrap, N={c['n']})", c[f"{key}_verdict"]
 
-    ``trained`` = (steps trained, target steps): when the model stopped short of its target, every verdict is
-    replaced by "not meaningful (trained S of M steps)".
+
+def findings(results: list[dict[str, Any]], n: int, trained: tuple[int, int] | None = None, *,
+             n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> list[str]:
+    """Check the anchors' two claims by paired comparisons (rows evaluated with ``keep_items=True``).
+
+    Each line gives a - b with its 95 % interval and the verdict: "better"/"worse" when the interval excludes 0,
+    "no detectable difference at this N" when it holds 0 (which neither supports nor refutes a claim of a
+    difference). ``trained`` = (steps trained, target steps): when the model stopped short of its target, every
+    verdict is replaced by "not meaningful (trained S of M steps)".
     """
     out = []
     short = trained is not None and 0 <= trained[1] and trained[0] < trained[1]
     void = f"not meaningful (trained {trained[0]} of {trained[1]} steps)" if short else None
     full, eighth = _find(results, "random", n), _find(results, "random", max(1, n // 8))
     if full and eighth:
-        ratio = _fd(eighth) / max(_fd(full), 1e-9)
-        verdict = "holds" if ratio <= _CLOSE else "does NOT hold"
-        out.append(f"Parallel decoding at N/8 = {n // 8} steps vs N = {n} steps (random order, same model): FCD "
-                   f"{_fd(eighth):.2f} vs {_fd(full):.2f} (ratio {ratio:.2f}; 'close' means <= {_CLOSE}) -> "
-                   + (f"the ARPG/LPD finding: {void}." if void else f"the ARPG/LPD finding {verdict} here."))
+        text, v = _difference(eighth, full, n_boot, seed)
+        head = f"Parallel decoding at N/8 = {n // 8} steps vs N = {n} steps (random order, same model): {text} -> "
+        if void:
+            out.append(head + f"{_ARPG}: {void}.")
+        elif v is None:
+            out.append(head + f"no verdict on {_ARPG}.")
+        elif v == "worse":
+            rel = 100 * (_fd(eighth) - _fd(full)) / max(_fd(full), 1e-9)
+            out.append(head + f"worse at N/8 ({rel:+.0f} % of the T = N value; the interval excludes 0): "
+                              f"{_ARPG} does not hold at this N.")
+        else:
+            what = "better at N/8" if v == "better" else "no detectable difference at this N"
+            out.append(head + f"{what}: consistent with {_ARPG}.")
     for t in sorted({r["forward_passes"] for r in results if r["schedule"] == "locality"}):
         loc, rnd = _find(results, "locality", t), _find(results, "random", t)
         if loc and rnd:
-            verdict = "holds" if _fd(loc) <= _fd(rnd) else "does NOT hold"
-            out.append(f"Locality vs random order at T = {t}: FCD {_fd(loc):.2f} vs {_fd(rnd):.2f} -> LPD's finding "
-                       f"(locality at least as good; 1.92 vs 2.11 FID on ImageNet)"
-                       + (f": {void}." if void else f" {verdict} here."))
+            text, v = _difference(loc, rnd, n_boot, seed)
+            head = f"Locality vs random order at T = {t}: {text} -> "
+            if void:
+                out.append(head + f"{_LPD}: {void}.")
+            elif v is None:
+                out.append(head + f"no verdict on {_LPD}.")
+            elif v == "better":
+                out.append(head + f"better: consistent with {_LPD}.")
+            elif v == "worse":
+                out.append(head + f"worse (the interval excludes 0): {_LPD} does not hold here.")
+            else:
+                out.append(head + f"no detectable difference at this N: this run neither supports nor "
+                                  f"contradicts {_LPD}.")
     return out
 
 
-def real_floor(data: str, num_samples: int, cache_dir: str | None = None) -> dict[str, Any] | None:
-    """FCD of real held-out images against as many real training images: the noise floor at this count.
+def real_floor(data: str, num_samples: int, cache_dir: str | None = None, seed: int = 0) -> dict[str, Any] | None:
+    """The real-vs-real floor at N = ``num_samples``: :func:`orderlab.analysis.uncertainty.real_vs_real_floor` of
+    the val reference against as many train images (None when train has fewer).
 
-    The val features are cached in ``cache_dir`` (None: ``default_cache_dir()``), never in ``data``.
+    The features are cached in ``cache_dir`` (None: ``default_cache_dir()``), never in ``data``.
     """
-    from orderlab.metrics import RealImages, classifier_features, default_cache_dir, image_metrics
+    from orderlab.analysis.uncertainty import real_vs_real_floor
+    from orderlab.metrics import RealImages, classifier_features, default_cache_dir
 
     try:
-        return image_metrics(RealImages(data, "val"), RealImages(data, "train").images(num_samples),
-                             classifier_features("digits"), num_samples=num_samples,
-                             cache_dir=cache_dir or default_cache_dir())
+        extractor = classifier_features(RealImages(data, "val").manifest()["dataset"])
+        return real_vs_real_floor(data, "val", extractor, num_samples, cache_dir=cache_dir or default_cache_dir(),
+                                  seed=seed)
     except ValueError:
         return None
 
 
-def _plot(results, path: str) -> None:
+def _plot(results, path: str, floor: dict[str, Any] | None = None) -> None:
+    """FCD (plug-in) against steps per schedule; bars: the 95 % bootstrap interval of the plug-in value at this N
+    (the bias-corrected interval moved up by the bias); band: the real-vs-real floor's range at this N."""
     fig = Figure(figsize=(6.5, 4.2), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for name in sorted({r["schedule"] for r in results}):
-        pts = sorted((r["forward_passes"], _fd(r)) for r in results if r["schedule"] == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    if floor is not None:
+        ax.axhspan(floor["low"], floor["high"], color="0.8", alpha=0.6, label=f"real vs real, N={floor['n']}")
+    names = sorted({r["schedule"] for r in results})
+    for i, name in enumerate(names):
+        rows = sorted((r for r in results if r["schedule"] == name), key=lambda r: r["forward_passes"])
+        shift = 2 ** ((i - (len(names) - 1) / 2) * 0.03)  # schedules side by side at the same T: bars stay apart
+        xs, ys = [r["forward_passes"] * shift for r in rows], [_fd(r) for r in rows]
+        key = "fcd" if "fcd" in rows[0] else "fid"
+        if all(f"{key}_low" in r for r in rows):
+            lo = [y - (r[f"{key}_low"] + r[f"{key}_bias"]) for y, r in zip(ys, rows)]
+            hi = [(r[f"{key}_high"] + r[f"{key}_bias"]) - y for y, r in zip(ys, rows)]
+            ax.errorbar(xs, ys, yerr=[[max(v, 0.0) for v in lo], [max(v, 0.0) for v in hi]], marker="o",
+                        capsize=3, label=name)
+        else:
+            ax.plot(xs, ys, marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("steps T (forward passes)")
-    ax.set_ylabel("FCD (classifier features; lower is better)")
+    ax.set_ylabel("FCD (plug-in, classifier features; lower is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -102,17 +154,20 @@ def _samples(results, out: str, path: str) -> None:
 
 def write_report(results: list[dict[str, Any]], out: str, *, data: str, ckpt: str, num_samples: int,
                  fit_seconds: float, total_seconds: float, n: int = 64, cache_dir: str | None = None,
-                 training: dict[str, Any] | None = None) -> str:
+                 training: dict[str, Any] | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> str:
     """Write ``out``/report.md (+ fcd_vs_steps.png, samples.png); returns its path.
+
+    ``results``: the rows of :func:`~orderlab.commands.evaluate_cmd.run_evaluation` with their ``items``
+    (``keep_items=True``), for the paired comparisons; ``n_boot``, ``seed``: their bootstrap.
 
     ``training``: steps, max_steps, start_step, seconds, threads, time_limit_minutes of the demo's training run.
     A model trained short of max_steps gets a warning at the top and every verdict marked not meaningful.
     """
-    _plot(results, os.path.join(out, "fcd_vs_steps.png"))
+    floor = real_floor(data, num_samples, cache_dir, seed)
+    _plot(results, os.path.join(out, "fcd_vs_steps.png"), floor)
     _samples(results, out, os.path.join(out, "samples.png"))
-    floor = real_floor(data, num_samples, cache_dir)
-    with open(os.path.join(out, "results.md")) as fh:
-        table = fh.read()
+    with open(os.path.join(out, "results.md")) as fh:  # the table; its settings are stated above and in the file
+        table = "\n".join(line for line in fh.read().splitlines() if line.startswith("|"))
     tr = training or {}
     trained = (tr["steps"], tr["max_steps"]) if "steps" in tr and "max_steps" in tr else None
     short = trained is not None and 0 <= trained[1] and trained[0] < trained[1]
@@ -132,15 +187,26 @@ def write_report(results: list[dict[str, Any]], out: str, *, data: str, ckpt: st
     lines += [
         f"Model: `{ckpt}` (trained {fit_seconds:.0f} s on this machine; whole demo {total_seconds:.0f} s).", "",
         f"Metric: **FCD**, the Fréchet distance on features of a small digits classifier that orderlab trains and "
-        f"ships; it is NOT comparable with Inception FIDs in papers. {num_samples} generated images per row against "
-        f"{num_samples} real held-out images (FCD is biased by the count: compare rows only at equal count). "
-        "NLL = bits per token of the held-out images under the row's plans (teacher forcing).", "",
+        f"ships; it is NOT comparable with Inception FIDs in papers. **N = {num_samples}**: {num_samples} generated "
+        f"images per row (sample i from seed {seed}, index i, in every row) against the same {num_samples} real "
+        f"held-out images (a seeded uniform sample of the val split). The plug-in FCD is biased upwards by the "
+        f"count: compare rows only at equal N. NLL = bits per token of the held-out images under the row's plans "
+        "(teacher forcing).", "",
+        "Intervals (95 %; the FCD and KCD ones cover the noise of the generated AND the reference set, the NLL one "
+        "that of the held-out images):", "",
     ]
-    if floor is not None:
-        lines += [f"Noise floor: real held-out vs {num_samples} real training images gives FCD "
-                  f"{_fd(floor):.2f} (precision {floor['precision']:.2f}, recall {floor['recall']:.2f}).", ""]
-    lines += ["## Results", "", table, "", "## What the anchors found, checked here", ""]
-    lines += [f"- {f}" for f in findings(results, n, trained)] or [
+    lines += [f"- {k}: {v}" for k, v in interval_methods(n_boot, "fcd").items()]
+    lines += ["- comparisons: a - b, paired (one shared reference resample and one index vector for both rows per "
+              f"replicate, B={n_boot}; NLL paired per held-out image). 'better'/'worse': the interval excludes 0; "
+              "'no detectable difference at this N': it holds 0, so at this N the data cannot tell the two rows "
+              "apart (not evidence that they are equal).",
+              "- one trained model (K=1): the spread across training seeds is unknown and in none of these intervals "
+              "(a training-seed study, `orderlab study`, measures it).", ""]
+    lines += [f"Real-vs-real floor: {floor_text(floor, 'FCD')}.", ""]
+    lines += ["## Results", "", "(results.md, .csv and .json hold the settings and every number; in the csv and "
+              "json, `KEY_low`/`KEY_high` are the interval ends, `nll_low`/`nll_high` those of nll_bits_per_token.)",
+              "", table, "", "## What the anchors found, checked here", ""]
+    lines += [f"- {f}" for f in findings(results, n, trained, n_boot=n_boot, seed=seed)] or [
         "- (the rows needed for the checks were not evaluated)"]
     lines += ["", "## Pictures", "", "![FCD vs steps](fcd_vs_steps.png)", "", "![samples](samples.png)", ""]
     path = os.path.join(out, "report.md")

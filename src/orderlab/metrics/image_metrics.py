@@ -4,7 +4,8 @@
 ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` through a pass-through ``feature=`` module, and
 computes improved precision/recall (Kynkäänniemi et al. 2019; k-NN radii, torchmetrics has none) on the same
 features. Fréchet distances are strongly biased by the sample count, so every call uses exactly
-``num_samples`` real and fake images and reports that number. Real features are cached on disk (in
+``num_samples`` real and fake images and reports that number; the real ones are a seeded uniform sample of the
+split (:class:`RealImages`), the same for every row. Real features are cached on disk (in
 :func:`~orderlab.metrics.cache.default_cache_dir`, never in the dataset folder), keyed by dataset, split, count,
 the shards' checksums and the extractor's fingerprint.
 """
@@ -18,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,15 +27,21 @@ from orderlab.data.atomic import atomic_torch_save
 from orderlab.metrics.cache import default_cache_dir
 from orderlab.metrics.features import FeatureExtractor
 
-__all__ = ["ImageMetrics", "RealImages", "extract_features", "precision_recall", "image_metrics", "format_metrics"]
+__all__ = ["ImageMetrics", "RealImages", "SAMPLE_SEED", "extract_features", "precision_recall", "image_metrics", "format_metrics"]
+
+SAMPLE_SEED = 0  # the permutation a reference (and a floor's real set) is drawn from: fixed, so rows share it
 
 
 @dataclass(frozen=True)
 class RealImages:
-    """The first ``n`` images of a prepared split, in shard order: its tokens decoded by the dataset's tokenizer.
+    """``n`` images of a prepared split, drawn uniformly at random: its tokens decoded by the dataset's tokenizer.
 
-    Decoded tokens (not the raw pixels) are the reference, so the metrics measure the generator and not the
-    tokenizer's reconstruction loss. For digits (pixel tokens) they are the raw images exactly.
+    The reference is an i.i.d. sample of the split (issue 17): :meth:`indices` draws ``n`` of its images without
+    replacement from one fixed permutation (seed :data:`SAMPLE_SEED`), so every row, model and run compares against
+    the same images, a smaller ``n`` takes a subset of a larger one, and ``n`` = the split's count is the whole
+    split. (The first ``n`` in shard order would not do: sources are ordered by writer or collection, e.g. MNIST's
+    test set.) Decoded tokens (not the raw pixels) are the reference, so the metrics measure the generator and not
+    the tokenizer's reconstruction loss. For digits (pixel tokens) they are the raw images exactly.
     """
 
     root: str
@@ -57,16 +65,26 @@ class RealImages:
         have = manifest["splits"][self.split]["count"]
         if have < n:
             raise ValueError(f"{self.root} split {self.split!r} has {have} images, fewer than num_samples={n}")
-        tokens, _ = read_split(self.root, self.split, limit=n)  # (n, H, W)
+        tokens, _ = read_split(self.root, self.split)  # (count, H, W)
+        tokens = tokens[self.indices(n)]  # (n, H, W)
         tok = load_tokenizer(manifest["tokenizer"], self.root)
         t = torch.from_numpy(tokens)
         return torch.cat([tok.decode(t[i:i + 500]) for i in range(0, n, 500)])  # (n, C, H, W)
 
+    def indices(self, n: int) -> np.ndarray:
+        """Sorted positions (in shard order) of the ``n`` images :meth:`images` returns: the first ``n`` of one
+        seeded permutation of the split (all of it when ``n`` is its count)."""
+        count = self.manifest()["splits"][self.split]["count"]
+        if not 0 <= n <= count:
+            raise ValueError(f"{self.root} split {self.split!r} has {count} images, fewer than num_samples={n}")
+        return np.sort(np.random.default_rng(SAMPLE_SEED).permutation(count)[:n])
+
     def key(self) -> dict[str, Any]:
-        """Identity of the split's data: dataset name and its shards' checksums."""
+        """Identity of the split's data: dataset name, its shards' checksums and how the images are drawn."""
         m = self.manifest()
         sums = "".join(s["sha256"] for s in m["splits"][self.split]["shards"])
-        return {"dataset": m["dataset"], "split": self.split, "shards": hashlib.sha256(sums.encode()).hexdigest()}
+        return {"dataset": m["dataset"], "split": self.split, "shards": hashlib.sha256(sums.encode()).hexdigest(),
+                "sample": f"uniform without replacement, seed {SAMPLE_SEED}"}
 
 
 @torch.no_grad()

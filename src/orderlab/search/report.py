@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 
 from orderlab.analysis.evaluation import write_table
+from orderlab.analysis.uncertainty import DEFAULT_N_BOOT, PLUGIN_KEYS, interval_methods
 from orderlab.data.atomic import atomic_savefig, atomic_write_bytes
 
 __all__ = ["log_trial_hparams", "trial_rows", "write_reports"]
@@ -56,9 +57,20 @@ def trial_rows(spec, study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
-def _keys(spec) -> list[str]:
+def _keys(spec, rows: list[dict[str, Any]] | None = None) -> list[str]:
+    """Table columns: trial, state, parameters, objectives, seconds, reason of failure. A Fréchet-distance objective
+    whose trials carry an interval (evaluate_row's ``fcd_low``/``fcd_high``) is followed by its bias-corrected
+    value with that interval (``fcd_corrected``, shown as "value [low, high]"); KID and NLL objectives show theirs
+    in their own column."""
     names = [p.name for p in spec.params]
-    return ["trial", "state", *names, *[o for o in spec.objectives if o not in names], "seconds", "fail_reason"]
+    objectives = []
+    for o in spec.objectives:
+        if o in names:
+            continue
+        objectives.append(o)
+        if o in PLUGIN_KEYS and any(f"{o}_low" in r and f"{o}_corrected" in r for r in rows or []):
+            objectives.append(f"{o}_corrected")
+    return ["trial", "state", *names, *objectives, "seconds", "fail_reason"]
 
 
 def _plot(spec, study: optuna.Study, front: list, path: str) -> None:
@@ -101,12 +113,18 @@ def _plot(spec, study: optuna.Study, front: list, path: str) -> None:
 def write_reports(spec, study: optuna.Study, url: str) -> dict[str, Any]:
     """trials.{md,csv,json}, pareto.{md,csv,json} (or best.*), a plot, and summary.json; returns the summary."""
     rows = trial_rows(spec, study)
-    keys = _keys(spec)
+    keys = _keys(spec, rows)
     meta = {"study": spec.study_name, "storage": url.split("@")[-1], "objectives": list(zip(spec.objectives,
             spec.directions)), "trials": len(rows)}
     if spec.kind == "inference":
         meta["num_samples (real = generated)"] = spec.evaluate.get("num_samples", 256)
         meta["checkpoint"] = spec.evaluate["ckpt"]
+        if any("nll_low" in r or "fcd_low" in r or "fid_low" in r for r in rows):
+            fd = "fid" if any("fid_low" in r for r in rows) else "fcd"
+            meta.update(interval_methods(DEFAULT_N_BOOT, fd))  # each trial's evaluate_row interval
+            meta["trials vs trials"] = ("the table ranks point estimates; two trials whose intervals overlap may "
+                                        "not differ detectably (orderlab evaluate --compare gives paired "
+                                        "differences)")
     write_table(rows, spec.out, "trials", meta, keys=keys)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     front = study.best_trials if complete else []
