@@ -213,6 +213,8 @@ def _bad_values(cmd, tmp, ckpt, root):
         "sample": ["--ckpt", ckpt, "--num", "0", "--out", tmp / "out" / "s.png"],
         "demo": ["--num_samples", "-3", "--out", tmp / "out", "--data", root],
         "search": ["--space", "{}", "--out", tmp / "out"],
+        "study": ["--name", "x", "--data", f"{{dataset: digits, root: {root}}}", "--fit", "{config: nope.yaml}",
+                  "--seeds", "1", "--arms", "{a: {}}", "--rows", "[random:4]", "--out", tmp / "out"],
         "fit": [*fit_args(root, tmp / "out")[1:], "--ckpt_path", missing],
         "validate": ["--config", DEBUG_YAML, *tiny_fit_args(root, tmp / "out"), "--ckpt_path", missing],
         "test": ["--config", DEBUG_YAML, *tiny_fit_args(root, tmp / "out"), "--ckpt_path", missing],

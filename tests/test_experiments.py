@@ -12,6 +12,8 @@ IDS = [str(p.relative_to(ROOT / "experiments")) for p in YAMLS]
 
 
 def kind(cfg: dict) -> str:
+    if "arms" in cfg:
+        return "study"
     if "space" in cfg:
         return "search"
     if "rows" in cfg:
@@ -87,5 +89,28 @@ def test_experiment_runs(path, digits_root, tiny_ckpt, tmp_path):
         res = yaml.safe_load((tmp_path / "search" / "trials.json").read_text())
         assert len(res["rows"]) == 2
         assert all(r["state"] in ("COMPLETE", "PRUNED") for r in res["rows"]), res["rows"]
+    elif k == "study":
+        _tiny_study(cfg, tmp_path)
     else:
         pytest.fail(f"no runner for experiment kind {k!r} ({path})")
+
+
+def _tiny_study(cfg: dict, tmp_path) -> None:
+    """The study as written, on a tiny model (2 steps), one seed, few samples and a small fresh dataset."""
+    import csv
+
+    from test_study import TINY_FIT
+
+    from orderlab.cli import main
+
+    data = {**cfg["data"], "root": str(tmp_path / "data"),
+            "prepare": {**cfg["data"].get("prepare", {}), "limit": 120}}
+    tiny = dict(cfg, out=str(tmp_path / "study"), seeds=1, data=data,
+                fit={"config": str(ROOT / cfg["fit"]["config"]), "args": [*cfg["fit"].get("args", []), *TINY_FIT]},
+                evaluate={**cfg.get("evaluate", {}), "num_samples": 12, "nll_samples": 6, "n_boot": 10})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    main(["study", "--config", str(path)])
+    with open(tmp_path / "study" / "summary.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(cfg["arms"]) * len(cfg["rows"])
+    assert "## Findings" in (tmp_path / "study" / "report.md").read_text()

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "search": "orderlab.commands.search_cmd:search",
     "plans": "orderlab.commands.plans_cmd:plans",
     "convert": "orderlab.commands.convert_cmd:convert",
+    "study": "orderlab.commands.study_cmd:study",
 }
 # flags whose natural name is a Python keyword: translated before jsonargparse reads the command line
 FLAG_ALIASES: dict[str, dict[str, str]] = {"convert": {"--from": "--source"},
@@ -36,8 +37,8 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "test": "Score a checkpoint (--ckpt_path) on the test split (the validation split when there is none).",
 }
 # the order `orderlab --help` lists them in: the order of a first session
-_HELP_ORDER = ("prepare", "fit", "validate", "test", "sample", "evaluate", "schedules", "search", "bench", "convert",
-               "demo")
+_HELP_ORDER = ("prepare", "fit", "validate", "test", "sample", "evaluate", "schedules", "search", "study", "bench",
+               "convert", "demo")
 
 
 def subcommands() -> list[str]:
