@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench study clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ test: venv
 # the suite without the integration tests marked slow: for iterating; CI runs `make test`
 test-fast: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+
+# issue 17's protocol: K models per arm, every row with its interval, the anchors' findings checked (README: Results)
+study: venv
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/orderlab study --config experiments/study/digits_parallel.yaml --threads 2
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/orderlab study --config experiments/study/ising_order.yaml --threads 2
 
 bench: venv
 	$(BIN)/orderlab bench decode --out runs/bench

@@ -183,7 +183,7 @@ def test_prepare_again_with_the_same_options_is_a_no_op(tmp_path, capsys):
     args = ["prepare", "digits", "--out", str(out), "--progress", "false", "--limit", "200", "--num_shards", "2"]
     main(args)
     assert read_manifest(str(out))["prepare_options"] == {"dataset": "digits", "num_shards": 2, "seed": 0,
-                                                          "val_fraction": 0.15, "limit": 200, "epochs": 2,
+                                                          "val_fraction": 0.5,  "limit": 200, "epochs": 2,
                                                           "size": None, "beta": None, "source": None,
                                                           "tokenizer": None}
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

@@ -188,3 +188,15 @@ def test_evaluate_compare(tiny_ckpt, tmp_path, capsys):
            '["random:8 vs locality:8"]'], capsys, "'locality:8'", "compare entry")
     fails(["evaluate", "--ckpt", tiny_ckpt, "--rows", "[random:8]", "--out", bad, "--n_boot", "1"], capsys, "n_boot")
     assert not bad.exists()
+
+
+def test_prepare_sees_an_old_split_folder_as_another_preparation(digits_root, tmp_path):
+    """A folder prepared with the old 15 % split is not "the same preparation" as today's default."""
+    from orderlab.data.datasets import PrepareOptions, existing_preparation, prepare_dataset
+
+    old = str(tmp_path / "old")
+    prepare_dataset("digits", old, PrepareOptions(val_fraction=0.15, progress=False))
+    manifest, why = existing_preparation("digits", old, PrepareOptions())
+    assert manifest is None and "val_fraction=0.15 there, 0.5 asked" in why
+    assert existing_preparation("digits", old, PrepareOptions(val_fraction=0.15))[0] is not None
+    assert existing_preparation("digits", digits_root, PrepareOptions(val_fraction=0.5))[0] is not None

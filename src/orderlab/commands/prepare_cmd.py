@@ -10,7 +10,7 @@ from orderlab.checks import check_positive_int
 
 
 def prepare(name: str, *, out: str, overwrite: bool = False, seed: int = 0, num_shards: int = 8,
-            val_fraction: float = 0.15, limit: int | None = None, epochs: int = 2, size: int | None = None,
+            val_fraction: float | None = None, limit: int | None = None, epochs: int = 2, size: int | None = None,
             beta: float | None = None, source: str | None = None, tokenizer: str | None = None,
             threads: int | None = None, progress: bool = True) -> None:
     """Prepare a dataset as webdataset shards of token grids (train and val splits) with a manifest.
@@ -27,7 +27,7 @@ def prepare(name: str, *, out: str, overwrite: bool = False, seed: int = 0, num_
         overwrite: replace an existing output folder.
         seed: seed of the train/val split and of tokenizer training.
         num_shards: shards per split (8 by default; ranks x loader workers of a later run need one each).
-        val_fraction: held-out share where the source has no official split (digits, folder).
+        val_fraction: held-out share where the source has no official split (digits: 0.5 by default, folder: 0.15).
         limit: at most this many train images (val: ceil(limit / 6)); for quick runs and tests.
         epochs: VQ-VAE training epochs (mnist, fashion).
         size: grid side L (ising; default 8).

@@ -47,7 +47,8 @@ class PrepareOptions:
 
     Args:
         seed: seeds the train/val split and any tokenizer training.
-        val_fraction: share of the images held out as ``val`` where the source has no official split.
+        val_fraction: share of the images held out as ``val`` where the source has no official split; None for the
+            dataset's default (0.5 for digits, 0.15 otherwise: :data:`DEFAULTS`).
         limit: at most this many train images (val is capped at ceil(limit / 6)); None for all.
         epochs: tokenizer training epochs (VQ datasets).
         size: grid side L of a synthetic dataset (ising); None for the dataset's default (:data:`DEFAULTS`).
@@ -58,7 +59,7 @@ class PrepareOptions:
     """
 
     seed: int = 0
-    val_fraction: float = 0.15
+    val_fraction: float | None = None
     limit: int | None = None
     epochs: int = 2
     size: int | None = None
@@ -69,7 +70,7 @@ class PrepareOptions:
 
     def __post_init__(self) -> None:
         # checked up front: a bad value must not surface after minutes of tokenizer training
-        if not 0.0 < self.val_fraction < 1.0:
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction} must be in (0, 1)")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be >= 1 (or None for all images)")
@@ -125,7 +126,8 @@ def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np
 
 # What a None in PrepareOptions means for the datasets that use the knob. The record of a preparation holds the
 # resolved value, so `--size 8` and no --size are the same preparation, and a change of default is seen as one.
-DEFAULTS: dict[str, dict[str, Any]] = {"ising": {"size": 8, "beta": 0.40}}
+DEFAULTS: dict[str, dict[str, Any]] = {"ising": {"size": 8, "beta": 0.40}, "digits": {"val_fraction": 0.5}}
+VAL_FRACTION = 0.15  # the held-out share of a dataset without an official split and without a default of its own
 # Ising samples per split. Swendsen-Wang makes them fast (20,000 + 5,000 grids at L = 8: 2.6 s, at L = 16: 8.7 s on
 # one core of the 2-core machine); 5,000 val grids put the standard error of a val NLL near 0.002 bits/token.
 ISING_TRAIN, ISING_VAL = 20000, 5000
@@ -137,6 +139,8 @@ def _resolved(name: str, opts: PrepareOptions) -> dict[str, Any]:
     for key, default in DEFAULTS.get(name, {}).items():
         if values[key] is None:
             values[key] = default
+    if values["val_fraction"] is None:
+        values["val_fraction"] = VAL_FRACTION
     return values
 
 
@@ -154,13 +158,12 @@ def _digits(opts: PrepareOptions, workdir: str) -> Prepared:
     The split holds out half the images by default (val_fraction 0.5: 898 val / 899 train), so that an evaluation
     compares N = 898 generated images with 898 held-out ones and still has a disjoint real set of 898 (train) for
     the real-vs-real floor at that N (issue 17; at the 15 % split of the other datasets, 270 held-out images gave a
-    floor of FCD 11.2 +- 3.9). PrepareOptions' shared default (or None) stands for this digits default; any other
-    ``val_fraction`` is used as given. ``source.split`` records the fraction used.
+    floor of FCD 11.2 +- 3.9). ``val_fraction=None`` (PrepareOptions' default) stands for this digits default; any
+    other value is used as given (``--val_fraction 0.15`` gives the old split). ``source.split`` records it.
     """
     from orderlab.tokenizers.pixel import PixelTokenizer
 
-    shared = PrepareOptions.__dataclass_fields__["val_fraction"].default
-    fraction = 0.5 if opts.val_fraction is None or opts.val_fraction == shared else opts.val_fraction
+    fraction = _resolved("digits", opts)["val_fraction"]
     values, labels = load_digits_images()  # (N, 1, 8, 8) in 0..16
     tr, va = seeded_split(len(values), fraction, opts.seed)
     tr, va = tr[:_cap(len(tr), opts, "train")], va[:_cap(len(va), opts, "val")]
@@ -248,7 +251,8 @@ def _folder(opts: PrepareOptions, workdir: str) -> Prepared:
         raise ValueError("dataset 'folder' needs --source IMAGE_ROOT and --tokenizer CHECKPOINT")
     tok = Tokenizer.load(opts.tokenizer)
     classes, items = list_image_folder(opts.source)
-    tr, va = seeded_split(len(items), opts.val_fraction, opts.seed)
+    fraction = _resolved("folder", opts)["val_fraction"]
+    tr, va = seeded_split(len(items), fraction, opts.seed)
     tr, va = tr[:_cap(len(tr), opts, "train")], va[:_cap(len(va), opts, "val")]
     c, h, w = tok.image_shape
     splits = {}
@@ -261,7 +265,7 @@ def _folder(opts: PrepareOptions, workdir: str) -> Prepared:
                     tokenizer=tok.reference(TOKENIZER_FILE),
                     source={"name": "imagefolder", "folder": os.path.abspath(opts.source), "images": len(items),
                             "tokenizer_checkpoint": os.path.abspath(opts.tokenizer),
-                            "split": f"seeded random split, val_fraction={opts.val_fraction}, seed={opts.seed}"},
+                            "split": f"seeded random split, val_fraction={fraction}, seed={opts.seed}"},
                     extra={"class_names": classes})
 
 

@@ -104,11 +104,21 @@ def ensure_data(spec: StudySpec, say) -> None:
     if m is not None:
         say(f"data: reusing {spec.dataset} in {spec.data_root}")
         return
+    overwrite = False
     if why:
-        raise ValueError(f"data.root: {spec.data_root} already holds other data ({why}); point data.root elsewhere "
-                         f"or remove it")
+        from orderlab.data.shards import read_manifest
+
+        try:  # the same dataset prepared otherwise (e.g. the old 15 % digits split): a generated folder, redone
+            same = read_manifest(spec.data_root).get("dataset") == spec.dataset
+        except Exception:
+            same = False
+        if not same:
+            raise ValueError(f"data.root: {spec.data_root} already holds other data ({why}); point data.root "
+                             f"elsewhere or remove it")
+        say(f"data: {spec.data_root} {why}; preparing {spec.dataset} again with the study's options")
+        overwrite = True
     t0 = time.perf_counter()
-    prepare_dataset(spec.dataset, spec.data_root, options, num_shards=shards)
+    prepare_dataset(spec.dataset, spec.data_root, options, num_shards=shards, overwrite=overwrite)
     say(f"data: prepared {spec.dataset} -> {spec.data_root} in {time.perf_counter() - t0:.0f} s")
 
 
