@@ -32,7 +32,8 @@ def tiny_spec(tmp_path, **over):
         "evaluate": {"num_samples": 12, "nll_samples": 6, "n_boot": 20, "seed": 0},
         "compare": [{"name": "self", "a": "random:8", "b": "random:8"},
                     {"name": "order", "a": "locality:8", "b": "random:8"},
-                    {"name": "recipe", "a": "loc/locality:8", "b": "random/locality:8"}],
+                    {"name": "recipe", "a": "loc/locality:8", "b": "random/locality:8"},
+                    {"name": "did", "a": "locality:8", "b": "random:8", "c": "locality T=8", "d": "random T=8"}],
         "findings": [{"claim": "locality is no worse", "compare": "order", "metric": "fcd", "expect": "no_worse"}],
     }
     cfg.update(over)
@@ -81,6 +82,28 @@ def test_compare_to_full_adds_each_row_against_its_order_at_t_n(tmp_path):
                            findings=[], compare_to_full=True))
     assert [(c.row_a, c.row_b) for c in spec.compare] == [("random T=8", "random T=64"),
                                                           ("locality T=8", "locality T=64")]
+
+
+def test_contrasts_and_rows_by_label(tmp_path):
+    spec = _spec(tiny_spec(tmp_path, rows=["random:8", {"schedule": "locality", "steps": 8, "knobs": {"repulsion": 0}}],
+                           compare=[{"name": "x", "a": "locality(repulsion=0) T=8", "b": "random:8",
+                                     "c": "random:8", "d": "random:8"}], findings=[]))
+    assert spec.compare[0].row_a == "locality(repulsion=0) T=8" and spec.compare[0].row_c == "random T=8"
+    with pytest.raises(ValueError, match="compare.0.: give every row"):
+        _spec(tiny_spec(tmp_path, compare=[{"a": "random:8", "b": "random:8", "c": "loc/random:8",
+                                            "d": "loc/random:8"}], findings=[]))
+
+
+@pytest.mark.parametrize("expect, verdict, reading", [
+    ("better", "better", "supported"), ("better", "no detectable difference", "not decided at this N"),
+    ("better", "worse", "contradicted at this N"), ("no_worse", "no detectable difference", "consistent"),
+    ("no_worse", "worse", "contradicted at this N"), ("lower", "lower", "supported"),
+    ("same", "higher", "contradicted at this N"), ("same", "no detectable difference", "consistent"),
+])
+def test_readings_are_never_stronger_than_the_interval(expect, verdict, reading):
+    from orderlab.study.aggregate import reading as read
+
+    assert read(expect, verdict).startswith(reading)
 
 
 def test_parts_split_the_jobs():
@@ -145,6 +168,9 @@ def test_tiny_study_end_to_end_and_resume_after_a_kill(tmp_path, monkeypatch):
         assert float(c["diff"]) == 0.0 and float(c["low"]) <= 0.0 <= float(c["high"])
         assert c["verdict"] == "no detectable difference"
     assert {c["arm"] for c in comps if c["name"] == "recipe"} == {""}
+    did = {(c["arm"], c["metric"]): c for c in comps if c["name"] == "did"}  # (a - b) - (a - b): exactly 0
+    assert float(did[("random", "nll_bits_per_token")]["diff"]) == 0.0
+    assert did[("random", "fcd")]["verdict"] == "not available"  # no paired bootstrap of four FDs
     report = (out / "report.md").read_text()
     assert "locality is no worse" in report and "Incomplete" not in report
     assert (out / "plots" / "fcd_vs_steps.png").is_file()

@@ -111,11 +111,18 @@ def cell_summary(spec: StudySpec, cells: Cells) -> list[dict[str, Any]]:
     return out
 
 
-def _pair(spec: StudySpec, cells: Cells, metric: str, a: tuple[str, int, str], b: tuple[str, int, str]
-          ) -> Interval | None:
+def _pair(spec: StudySpec, cells: Cells, metric: str, a: tuple[str, int, str], b: tuple[str, int, str],
+          c: tuple[str, int, str] | None = None, d: tuple[str, int, str] | None = None) -> Interval | None:
     kind = ITEM_OF.get(metric)
-    if kind is None or a not in cells.results or b not in cells.results:
+    if kind is None or any(x is not None and x not in cells.results for x in (a, b, c, d)):
         return None
+    if c is not None:  # a contrast of per-item values: (a - b) - (c - d) per item, paired over all four rows
+        if kind == "features":
+            return None  # a contrast of four Fréchet distances has no paired bootstrap here
+        v = [cells.items(spec, *x).get(kind) for x in (a, b, c, d)]
+        if any(x is None for x in v) or len({len(x) for x in v}) > 1:
+            return None
+        return paired_mean_difference(v[0] - v[1], v[2] - v[3], level=float(spec.evaluate.get("level", 0.95)))
     ia, ib = cells.items(spec, *a), cells.items(spec, *b)
     level = float(spec.evaluate.get("level", 0.95))
     if kind == "features":
@@ -151,11 +158,13 @@ def comparisons(spec: StudySpec, cells: Cells) -> list[dict[str, Any]]:
                     continue
                 per_seed = []
                 for s in spec.seeds:
-                    d = _pair(spec, cells, m, (c.arm_a or arm, s, c.row_a), (c.arm_b or arm, s, c.row_b))
+                    cd = ((c.arm_c or arm, s, c.row_c), (c.arm_d or arm, s, c.row_d)) if c.row_c else (None, None)
+                    d = _pair(spec, cells, m, (c.arm_a or arm, s, c.row_a), (c.arm_b or arm, s, c.row_b), *cd)
                     if d is not None:
                         per_seed.append(d)
                 iv = seed_spread([d.corrected for d in per_seed], per_seed, level=level) if per_seed else None
-                out.append({"name": c.name, "arm": arm or "", "a": _ref(c, "a", arm), "b": _ref(c, "b", arm),
+                contrast = f" - ({_ref(c, 'c', arm)} - {_ref(c, 'd', arm)})" if c.row_c else ""
+                out.append({"name": c.name, "arm": arm or "", "a": _ref(c, "a", arm), "b": _ref(c, "b", arm) + contrast,
                             "metric": m, "K": len(per_seed),
                             "diff": iv.estimate if iv else math.nan, "low": iv.low if iv else math.nan,
                             "high": iv.high if iv else math.nan, "verdict": verdict_for(iv, m),
@@ -164,21 +173,20 @@ def comparisons(spec: StudySpec, cells: Cells) -> list[dict[str, Any]]:
 
 
 def _ref(c: Compare, side: str, arm: str | None) -> str:
-    row = c.row_a if side == "a" else c.row_b
-    arm_name = (c.arm_a if side == "a" else c.arm_b) or arm
-    return f"{arm_name}/{row}"
+    return f"{getattr(c, 'arm_' + side) or arm}/{getattr(c, 'row_' + side)}"
 
 
 def reading(expect: str, verdict_text: str) -> str:
     """How a measured verdict bears on a claim, never stronger than the interval allows."""
     if verdict_text in ("not available",):
         return "not measured"
-    good = {"better": ("better",), "worse": ("worse",), "no_worse": ("better", "no detectable difference"),
-            "no_better": ("worse", "no detectable difference")}[expect]
-    bad = {"better": ("worse",), "worse": ("better",), "no_worse": ("worse",), "no_better": ("better",)}[expect]
+    none = "no detectable difference"
+    good = {"better": ("better",), "worse": ("worse",), "no_worse": ("better", none), "no_better": ("worse", none),
+            "lower": ("lower",), "higher": ("higher",), "same": (none,)}[expect]
+    bad = {"better": ("worse",), "worse": ("better",), "no_worse": ("worse",), "no_better": ("better",),
+           "lower": ("higher",), "higher": ("lower",), "same": ("better", "worse", "lower", "higher")}[expect]
     if verdict_text in bad:
         return "contradicted at this N"
     if verdict_text in good:
-        return "supported" if expect in ("better", "worse") or verdict_text != "no detectable difference" \
-            else "consistent (no detectable difference)"
+        return "supported" if verdict_text != none else "consistent (no detectable difference)"
     return "not decided at this N (no detectable difference)"

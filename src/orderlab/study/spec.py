@@ -40,23 +40,30 @@ _TOP = ("name", "out", "data", "fit", "seeds", "arms", "rows", "metrics", "evalu
 _DATA = ("dataset", "root", "prepare")
 _FIT = ("config", "args")
 _EVAL = ("num_samples", "seed", "n_boot", "batch_size", "split", "nll_samples", "level")
-EXPECT = ("better", "worse", "no_worse", "no_better")
+EXPECT = ("better", "worse", "no_worse", "no_better", "lower", "higher", "same")
 # metrics a study can aggregate, and whether lower is better (for verdicts)
 METRIC_DIRECTION = {"fcd": "lower", "fid": "lower", "kcd": "lower", "kid": "lower", "nll_bits_per_token": "lower",
-                    "energy": "lower", "energy_bias": "abs", "abs_mag": "abs", "precision": "higher",
+                    # energy: parallel-decoding errors raise it, an over-ordered model lowers it below the exact value,
+                    # so "lower" is not "better" in general: verdicts say lower/higher (cells show the exact value)
+                    "energy": "none", "energy_bias": "none", "abs_mag": "none", "precision": "higher",
                     "recall": "higher"}
 _ARM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
 class Compare:
-    """A paired difference a - b. ``arm_a``/``arm_b`` None: the same row pair inside every arm's models."""
+    """A paired difference a - b, or with c and d the contrast (a - b) - (c - d) (e.g. how much more one order
+    degrades from T = N to T = 8 than another). ``arm_*`` None: the same rows inside every arm's models."""
 
     name: str
     row_a: str
     row_b: str
     arm_a: str | None = None
     arm_b: str | None = None
+    row_c: str | None = None
+    row_d: str | None = None
+    arm_c: str | None = None
+    arm_d: str | None = None
 
     @property
     def within(self) -> bool:
@@ -218,7 +225,13 @@ def _arms(value) -> dict[str, dict[str, Any]]:
 
 
 def _split(ref: str, key: str, arms: dict, labels: dict) -> tuple[str | None, str]:
+    """``"ROW"`` or ``"ARM/ROW"``; ROW is a row spec (``locality:8``) or a row's label (``locality(repulsion=0)
+    T=8``, for rows with knobs)."""
     arm, _, row = ref.rpartition("/") if "/" in ref else (None, None, ref)
+    if row in labels:
+        if arm is not None and arm not in arms:
+            raise ValueError(f"{key}: arm {arm!r} is not in arms{did_you_mean(arm, arms)} (arms: {', '.join(arms)})")
+        return arm, row
     if arm is not None and arm not in arms:
         raise ValueError(f"{key}: arm {arm!r} is not in arms{did_you_mean(arm, arms)} (arms: {', '.join(arms)})")
     from orderlab.analysis.evaluation import parse_row
@@ -241,12 +254,16 @@ def _compare(items, arms, labels, to_full: bool, rows) -> list[Compare]:
     for i, c in enumerate(items):
         if not isinstance(c, dict):
             raise ValueError(f"compare[{i}]: {c!r} must be a mapping {{name, a, b}}")
-        _unknown(f"compare[{i}].", c, ("name", "a", "b"))
-        a_arm, a = _split(str(_need(c, "a", f"compare[{i}].")), f"compare[{i}].a", arms, labels)
-        b_arm, b = _split(str(_need(c, "b", f"compare[{i}].")), f"compare[{i}].b", arms, labels)
-        if (a_arm is None) != (b_arm is None):
-            raise ValueError(f"compare[{i}]: give both a and b as 'arm/row' or both as 'row'")
-        out.append(Compare(str(c.get("name") or f"{c['a']} vs {c['b']}"), a, b, a_arm, b_arm))
+        _unknown(f"compare[{i}].", c, ("name", "a", "b", "c", "d"))
+        refs = {k: _split(str(_need(c, k, f"compare[{i}].")), f"compare[{i}].{k}", arms, labels)
+                for k in ("a", "b") + (("c", "d") if "c" in c or "d" in c else ())}
+        if len({arm is None for arm, _ in refs.values()}) > 1:
+            raise ValueError(f"compare[{i}]: give every row as 'arm/row' or every row as 'row'")
+        name = str(c.get("name") or (f"{c['a']} vs {c['b']}" if "c" not in refs else
+                                     f"({c['a']} - {c['b']}) - ({c['c']} - {c['d']})"))
+        (a_arm, a), (b_arm, b) = refs["a"], refs["b"]
+        (c_arm, c_row), (d_arm, d_row) = refs.get("c", (None, None)), refs.get("d", (None, None))
+        out.append(Compare(name, a, b, a_arm, b_arm, c_row, d_row, c_arm, d_arm))
     if to_full:  # every row against the same schedule and knobs at T = N (one token per step)
         parsed = [parse_row(r) for r in rows]
         for r in parsed:
