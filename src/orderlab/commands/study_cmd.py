@@ -8,8 +8,8 @@ from typing import Any
 
 def study(*, name: str, data: dict[str, Any], fit: dict[str, Any], seeds: int | list[int], arms: dict[str, Any],
           rows: list[Any], metrics: list[str] | None = None, evaluate: dict[str, Any] | None = None,
-          compare: list[dict[str, Any]] | None = None, compare_to_full: bool = False,
-          findings: list[dict[str, Any]] | None = None, out: str | None = None, part: str | None = None,
+          compare: list[dict[str, str]] | None = None, compare_to_full: bool = False,
+          findings: list[dict[str, str]] | None = None, out: str | None = None, part: str | None = None,
           report: bool = True, threads: int | None = None) -> None:
     """Train K models per arm, evaluate the same rows on each, report means over seeds and paired differences.
 
