@@ -57,9 +57,12 @@ def _protocol(spec: StudySpec, cells: Cells) -> list[str]:
              f"- each row: N = {n} generated samples (sample i from seed {spec.evaluate.get('seed', 0)}, index i, "
              f"in every row and model) against the same N held-out real items, split "
              f"`{spec.evaluate.get('split', 'val')}`"]
-    for key in ("interval_method", "fd_interval_method", "floor"):
+    for key in ("interval_method", "fd_interval_method"):
         if key in first:
             lines.append(f"- {key.replace('_', ' ')}: {first[key]}")
+    floor = _floor(spec, first, n)
+    if floor:
+        lines.append(f"- real-vs-real floor at this N: {floor}")
     lines.append("- a Fréchet distance (fcd, fid) in these tables is bias-corrected (the plug-in value minus its "
                  "bootstrap bias estimate): the population value its interval is for; cells.csv keeps the plug-in "
                  "value of each model too")
@@ -73,13 +76,31 @@ def _protocol(spec: StudySpec, cells: Cells) -> list[str]:
     return lines
 
 
+def _floor(spec: StudySpec, first: dict[str, Any], n) -> str | None:
+    """The real-vs-real Fréchet distance at N (held-out vs an equal disjoint real set): the FD two real sets of
+    this size give, i.e. the level below which no generator can be told apart (None for exact scores)."""
+    fd = "fcd" if "fcd" in first else ("fid" if "fid" in first else None)
+    if fd is None or not n:
+        return None
+    from orderlab.analysis.uncertainty import floor_text, real_vs_real_floor
+    from orderlab.metrics import classifier_features, default_cache_dir
+
+    try:
+        floor = real_vs_real_floor(spec.data_root, spec.evaluate.get("split", "val"), classifier_features(spec.dataset),
+                                   int(n), cache_dir=default_cache_dir(), seed=int(spec.evaluate.get("seed", 0)))
+    except (OSError, ValueError) as err:  # the data folder moved: the report still stands without the floor
+        return f"not computed ({err})"
+    return floor_text(floor, fd.upper()) + "; cells.csv holds each model's plug-in fcd"
+
+
 def write_study_report(spec: StudySpec, say=print) -> str:
     """Write every output from the finished cells; returns the report's path."""
     cells = collect(spec)
     summary = cell_summary(spec, cells)
     comps = comparisons(spec, cells)
-    _csv([{"arm": a, "seed": s, "row": r, **res} for (a, s, r), res in cells.results.items()],
-         os.path.join(spec.out, "cells.csv"))
+    # "seed" in a result is the sampling seed; the model's training seed is train_seed
+    _csv([{"arm": a, "train_seed": s, "row": r, **{k: v for k, v in res.items() if k != "row"}}
+          for (a, s, r), res in cells.results.items()], os.path.join(spec.out, "cells.csv"))
     _csv(summary, os.path.join(spec.out, "summary.csv"))
     _csv(comps, os.path.join(spec.out, "comparisons.csv"))
     plots = _plots(spec, summary)
@@ -162,7 +183,7 @@ def _plots(spec: StudySpec, summary: list[dict[str, Any]]) -> list[str]:
             continue
         ax.set_xscale("log", base=2)
         ax.set_xlabel("steps T (forward passes)")
-        ax.set_ylabel(m)
+        ax.set_ylabel(f"{m} (bias-corrected)" if m in ("fcd", "fid") else m)
         ax.set_title(f"{spec.name}: {m} vs T (mean over seeds, 95 % band)", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
