@@ -12,7 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 # a tiny backbone and two training steps, appended to the fit config of a study
-TINY_FIT = ["--data.num_workers=0", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+TINY_FIT = ["--data.num_workers=0", "--data.batch_size=8", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
             "--trainer.val_check_interval=1", "--trainer.accelerator=cpu", "--trainer.devices=1",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.callbacks=[]",
             "--model.backbone.preset=null", "--model.backbone.depth=1", "--model.backbone.dim=16",
