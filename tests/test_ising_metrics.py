@@ -4,13 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from orderlab.data.ising import BETA, exact_reference
+from orderlab.data.ising import BETA, bond_sum, exact_reference
 from orderlab.metrics.intervals import paired_mean_difference
-from orderlab.metrics.ising_metrics import METRIC, ising_facts, ising_scores, nll_bits_per_image, nll_gap
+from orderlab.metrics.ising_metrics import (
+    METRIC,
+    exact_nll_bits,
+    ising_facts,
+    ising_scores,
+    nll_gap,
+)
 
 L = 4
-FACTS = {"L": L, "beta": BETA, "exact_energy_per_site": exact_reference(L, BETA)["energy_per_site"],
-         "exact_entropy_bits_per_site": exact_reference(L, BETA)["entropy_bits_per_site"],
+EXACT = exact_reference(L, BETA)
+FACTS = {"L": L, "beta": BETA, "exact_energy_per_site": EXACT["energy_per_site"],
+         "exact_entropy_bits_per_site": EXACT["entropy_bits_per_site"], "exact_ln_z": EXACT["ln_z"],
          "val_abs_magnetisation": 0.7}
 UP = np.ones((L, L), np.int64)
 CHECKER = (np.add.outer(np.arange(L), np.arange(L)) % 2).astype(np.int64)
@@ -81,8 +88,39 @@ def test_nll_gap():
     assert items == pytest.approx(per_image - entropy) and metrics["num_images"] == 4
 
 
+def test_exact_nll_bits():
+    # all up: B = 2N = 32, so -log2 p = (ln Z - 32 beta) / (16 ln 2) bits per token
+    assert exact_nll_bits(UP[None], FACTS)[0] == pytest.approx((EXACT["ln_z"] - 32 * BETA) / (16 * np.log(2)),
+                                                               rel=1e-12)
+    # over all 2^9 grids of the 3x3 torus, weighted by p, the exact NLL averages to the exact entropy
+    exact3 = exact_reference(3, BETA)
+    grids = ((np.arange(512)[:, None] >> np.arange(9)) & 1).reshape(512, 3, 3)
+    facts3 = {"L": 3, "beta": BETA, "exact_ln_z": exact3["ln_z"], "exact_energy_per_site": 0.0,
+              "exact_entropy_bits_per_site": exact3["entropy_bits_per_site"]}
+    p = np.exp(BETA * bond_sum(grids) - exact3["ln_z"])
+    assert p.sum() == pytest.approx(1.0, rel=1e-12)
+    assert (p * exact_nll_bits(grids, facts3)).sum() == pytest.approx(exact3["entropy_bits_per_site"], rel=1e-12)
+
+
+def test_nll_gap_paired_with_the_exact_likelihood():
+    # a model 0.01 bits/token worse than p on every grid: kl = 0.01 exactly, a zero-width interval, while the plain
+    # gap also carries how far these grids' mean exact NLL lies from the entropy
+    rng = np.random.default_rng(1)
+    grids = rng.integers(0, 2, size=(50, L, L))
+    exact = exact_nll_bits(grids, FACTS)
+    metrics, items = nll_gap(exact + 0.01, {"ising": FACTS}, tokens=torch.from_numpy(grids))
+    assert metrics["kl"] == pytest.approx(0.01) and metrics["kl_high"] - metrics["kl_low"] < 1e-12
+    assert items == pytest.approx(np.full(50, 0.01))
+    assert metrics["entropy_sample"] == pytest.approx(exact.mean())
+    assert metrics["nll_gap"] == pytest.approx(exact.mean() + 0.01 - FACTS["exact_entropy_bits_per_site"])
+    with pytest.raises(ValueError, match="49 grids"):
+        nll_gap(exact + 0.01, FACTS, tokens=grids[:49])
+    with pytest.raises(ValueError, match="exact_ln_z"):
+        exact_nll_bits(grids, {k: v for k, v in FACTS.items() if k != "exact_ln_z"})
+
+
 def test_nll_bits_per_image_matches_nll_bits():
-    from orderlab.analysis.evaluation import Row, nll_bits
+    from orderlab.analysis.evaluation import Row, nll_bits, nll_bits_per_image
     from orderlab.model.config import ModelConfig
     from orderlab.model.registry import build_model
 
@@ -91,7 +129,7 @@ def test_nll_bits_per_image_matches_nll_bits():
     tokens = torch.randint(0, 2, (10, L, L))
     labels = torch.zeros(10, dtype=torch.long)
     for schedule, steps in (("random", 16), ("locality", 4)):
-        per_image = nll_bits_per_image(model, tokens, labels, schedule, steps, seed=3, batch_size=4)
+        per_image = nll_bits_per_image(model, tokens, labels, Row(schedule, steps), seed=3, batch_size=4)
         assert per_image.shape == (10,) and per_image.dtype == np.float64
         want = nll_bits(model, tokens, labels, Row(schedule, steps), seed=3)
         assert per_image.mean() == pytest.approx(want, rel=1e-5)

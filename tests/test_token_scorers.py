@@ -37,7 +37,7 @@ def test_evaluate_scores_ising_exactly_with_intervals_and_pairs_rows(tmp_path):
     for r in rows:
         assert r["energy_low"] <= r["energy"] <= r["energy_high"]
         assert r["energy_bias"] == pytest.approx(r["energy"] - r["energy_exact"])
-        assert r["nll_gap_low"] <= r["nll_gap"] <= r["nll_gap_high"]
+        assert r["nll_gap_low"] <= r["nll_gap"] <= r["nll_gap_high"] and r["kl_low"] <= r["kl"] <= r["kl_high"]
         assert len(r["items"]["energy"]) == 10 and "fcd" not in r
     same = compare_rows(rows[0], rows[0])
     assert same["energy_diff"] == 0.0 and same["energy_verdict"] == "no detectable difference"

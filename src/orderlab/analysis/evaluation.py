@@ -206,7 +206,7 @@ def evaluate_row(loaded, row: Row, *, num_samples: int, real, extractor, val_tok
     result["seed"] = seed
     if exact:
         if nll is not None:
-            nll_metrics, nll_items = extractor.nll_metrics(nll)
+            nll_metrics, nll_items = extractor.nll_metrics(nll, val_tokens)
             result.update(nll_metrics)
             items.update(nll_items)
         result["interval_method"] = extractor.label
@@ -236,7 +236,7 @@ def _passes(x: float) -> int | float:
 
 # ---------------------------------------------------------------------------------------------------- output
 TABLE_KEYS = ("row", "forward_passes", "fcd", "fid", "fid_ref", "fcd_corrected", "fid_corrected", "fid_ref_corrected",
-              "kcd", "kid", "precision", "recall", "energy", "energy_bias", "abs_mag", "nll_bits_per_token", "nll_gap",
+              "kcd", "kid", "precision", "recall", "energy", "energy_bias", "abs_mag", "nll_bits_per_token", "nll_gap", "kl",
               "ms_per_image", "accepted_per_pass")
 ITEMS_KEY = "items"  # per-sample arrays of evaluate_row(keep_items=True): never written into a table
 
