@@ -186,8 +186,17 @@ def test_tiny_study_end_to_end_and_resume_after_a_kill(tmp_path, monkeypatch):
 def test_a_changed_config_refuses_to_mix_results(tmp_path):
     from orderlab.study.runner import StaleResultError, run_study
 
+    fit = tmp_path / "fit.yaml"
+    fit.write_text((ROOT / "experiments" / "digits" / "base.yaml").read_text())
     cfg = tiny_spec(tmp_path, seeds=[0], arms={"random": {}}, rows=["random:8"], compare=[], findings=[])
+    cfg["fit"]["config"] = str(fit)
     run_study(_spec(cfg), say=lambda m: None)
+    fit.write_text(fit.read_text() + "# a comment changes no result\n")
+    assert run_study(_spec(cfg), say=lambda m: None)["cells"] == 0
+    fit.write_text(fit.read_text().replace("lr: 0.001", "lr: 0.002"))
+    with pytest.raises(StaleResultError, match="fit_config_content"):
+        run_study(_spec(cfg), say=lambda m: None)
+    fit.write_text(fit.read_text().replace("lr: 0.002", "lr: 0.001"))
     cfg["arms"] = {"random": {"model.lr": 0.002}}
     with pytest.raises(StaleResultError, match="overrides"):
         run_study(_spec(cfg), say=lambda m: None)

@@ -46,10 +46,13 @@ def _digest(obj: Any) -> str:
 
 
 def job_key(spec: StudySpec, arm: str, seed: int) -> dict[str, Any]:
-    """What makes a trained model: the fit config file's content, the shared and arm overrides, the seed, data."""
-    with open(spec.fit_config, "rb") as fh:
-        config_sha = hashlib.sha256(fh.read()).hexdigest()[:16]
-    return {"fit_config": spec.fit_config, "fit_config_sha256": config_sha, "fit_args": spec.fit_args,
+    """What makes a trained model: the fit config's content (parsed: editing a comment changes nothing), the shared
+    and arm overrides, the seed, the data."""
+    import yaml
+
+    with open(spec.fit_config) as fh:
+        config_sha = _digest(yaml.safe_load(fh))
+    return {"fit_config": spec.fit_config, "fit_config_content": config_sha, "fit_args": spec.fit_args,
             "overrides": spec.arms[arm], "seed": seed, "data": spec.data_root, "dataset": spec.dataset}
 
 
