@@ -86,7 +86,7 @@ def test_evaluate_sample_search_and_demo_leave_inputs_untouched(tiny_ckpt, digit
     before = snapshot(digits_root, out / "checkpoints")
     main(["demo", "--out", str(out), "--data", digits_root, "--experiment", str(ROOT / "experiments/debug.yaml"),
           "--max_steps", "3", "--rows", "[random:8]", "--num_samples", "16", "--cache_dir", str(demo_cache)])
-    assert (out / "report.md").is_file() and "Noise floor" in (out / "report.md").read_text()
+    assert (out / "report.md").is_file() and "Real-vs-real floor" in (out / "report.md").read_text()
     assert len(list(demo_cache.glob("digits-val-n16-fcd-*.pt"))) == 1  # --cache_dir wins over ORDERLAB_CACHE
     assert not list(cache.glob("*n16*"))
     assert changes(before, snapshot(digits_root, out / "checkpoints")) == []
