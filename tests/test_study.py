@@ -34,7 +34,9 @@ def tiny_spec(tmp_path, **over):
                     {"name": "order", "a": "locality:8", "b": "random:8"},
                     {"name": "recipe", "a": "loc/locality:8", "b": "random/locality:8"},
                     {"name": "did", "a": "locality:8", "b": "random:8", "c": "locality T=8", "d": "random T=8"}],
-        "findings": [{"claim": "locality is no worse", "compare": "order", "metric": "fcd", "expect": "no_worse"}],
+        "findings": [{"claim": "locality is no worse", "compare": "order", "metric": "fcd", "expect": "no_worse"},
+                     {"claim": "with locality training", "compare": "order", "metric": "nll_bits_per_token",
+                      "expect": "better", "arm": "loc"}],
     }
     cfg.update(over)
     return cfg
@@ -57,6 +59,7 @@ def _spec(cfg):
     ({"compare": [{"a": "zz/random:8", "b": "random/random:8"}]}, "compare[0].a: arm 'zz'"),
     ({"findings": [{"claim": "x", "compare": "nope", "expect": "better"}]}, "findings[0].compare"),
     ({"findings": [{"claim": "x", "compare": "self", "expect": "smaller"}]}, "findings[0].expect"),
+    ({"findings": [{"claim": "x", "compare": "self", "expect": "same", "arm": "rnd"}]}, "findings[0].arm"),
     ({"data": {"dataset": "digitz", "root": "x"}}, "data.dataset: 'digitz'"),
     ({"data": {"dataset": "digits", "root": "x", "prepare": {"limt": 3}}}, "data.prepare.limt"),
     ({"fit": {"config": "nope.yaml"}}, "fit.config"),
@@ -173,6 +176,7 @@ def test_tiny_study_end_to_end_and_resume_after_a_kill(tmp_path, monkeypatch):
     assert did[("random", "fcd")]["verdict"] == "not available"  # no paired bootstrap of four FDs
     report = (out / "report.md").read_text()
     assert "locality is no worse" in report and "Incomplete" not in report
+    assert report.count("locality is no worse") == 2 and report.count("with locality training** (arm loc)") == 1
     assert (out / "plots" / "fcd_vs_steps.png").is_file()
     assert any((out / "tensorboard" / "summary").rglob("events.out.tfevents.*"))
     assert (out / "tensorboard" / "random" / "seed0").is_dir()  # training curves per arm and seed

@@ -131,7 +131,8 @@ def write_study_report(spec: StudySpec, say=print) -> str:
     if spec.findings:
         md += ["## Findings", ""]
         for f in spec.findings:
-            for c in (c for c in comps if c["name"] == f.compare and c["metric"] == f.metric):
+            for c in (c for c in comps if c["name"] == f.compare and c["metric"] == f.metric
+                      and (f.arm is None or c["arm"] in ("", f.arm))):
                 where = f" (arm {c['arm']})" if c["arm"] else ""
                 md.append(f"- **{f.claim}**{where}: {c['a']} - {c['b']} = {_iv(c['diff'], c['low'], c['high'])} "
                           f"{f.metric} over K = {c['K']} -> {c['verdict']}; the claim is "

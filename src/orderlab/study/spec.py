@@ -72,10 +72,13 @@ class Compare:
 
 @dataclass(frozen=True)
 class Finding:
+    """A claim read off one comparison; ``arm``: only that arm's models (None: every arm, one line each)."""
+
     claim: str
     compare: str
     metric: str
     expect: str
+    arm: str | None = None
 
 
 @dataclass
@@ -191,7 +194,7 @@ def parse_spec(cfg: dict[str, Any]) -> StudySpec:
     if not isinstance(level, float) or not 0.5 <= level < 1:
         raise ValueError(f"evaluate.level: {level!r} must be a float in [0.5, 1)")
     compare = _compare(cfg.get("compare") or [], arms, labels, bool(cfg.get("compare_to_full")), rows)
-    findings = _findings(cfg.get("findings") or [], {c.name for c in compare}, metrics)
+    findings = _findings(cfg.get("findings") or [], {c.name for c in compare}, metrics, arms)
     out = str(cfg.get("out") or os.path.join("runs", "study", name))
     return StudySpec(name, out, dataset, str(_need(data, "root", "data.")), prepare, fit_config, list(fit_args),
                      seeds, arms, rows, list(metrics), evaluate, compare, findings)
@@ -279,12 +282,15 @@ def _compare(items, arms, labels, to_full: bool, rows) -> list[Compare]:
     return out
 
 
-def _findings(items, names: set[str], metrics: list[str]) -> list[Finding]:
+def _findings(items, names: set[str], metrics: list[str], arms: dict) -> list[Finding]:
     out = []
     for i, f in enumerate(items):
         if not isinstance(f, dict):
             raise ValueError(f"findings[{i}]: {f!r} must be a mapping {{claim, compare, metric, expect}}")
-        _unknown(f"findings[{i}].", f, ("claim", "compare", "metric", "expect"))
+        _unknown(f"findings[{i}].", f, ("claim", "compare", "metric", "expect", "arm"))
+        arm = f.get("arm")
+        if arm is not None and arm not in arms:
+            raise ValueError(f"findings[{i}].arm: {arm!r} is not in arms{did_you_mean(str(arm), arms)}")
         comp = str(_need(f, "compare", f"findings[{i}]."))
         if comp not in names:
             raise ValueError(f"findings[{i}].compare: {comp!r} is not a compare name{did_you_mean(comp, names)}")
@@ -294,5 +300,5 @@ def _findings(items, names: set[str], metrics: list[str]) -> list[Finding]:
         expect = str(_need(f, "expect", f"findings[{i}]."))
         if expect not in EXPECT:
             raise ValueError(f"findings[{i}].expect: {expect!r} is not one of {', '.join(EXPECT)}")
-        out.append(Finding(str(_need(f, "claim", f"findings[{i}].")), comp, metric, expect))
+        out.append(Finding(str(_need(f, "claim", f"findings[{i}].")), comp, metric, expect, arm))
     return out
