@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from orderlab.metrics.intervals import (
+    Interval,
     _counts,
     _fd_batch,
     _features,
@@ -42,7 +43,8 @@ from orderlab.metrics.intervals import (
 from orderlab.metrics.kid_intervals import bootstrap_kid, paired_kid_difference
 
 __all__ = ["LEVEL", "DEFAULT_N_BOOT", "INTERVAL_KEYS", "PLUGIN_KEYS", "interval_methods", "row_intervals",
-           "compare_rows", "real_vs_real_floor", "floor_text"]
+           "compare_rows", "real_vs_real_floor", "floor_text", "ITEM_OF", "METRIC_DIRECTION", "paired_metric",
+           "metric_verdict"]
 
 LEVEL = 0.95
 # replicates per bootstrap: at N=898 and D=64 (the digits classifier) the FD and KID intervals of a row take about
@@ -54,6 +56,14 @@ INTERVAL_KEYS = {"fcd_corrected": ("fcd_low", "fcd_high"), "fid_corrected": ("fi
                  "kid": ("kid_low", "kid_high"), "nll_bits_per_token": ("nll_low", "nll_high")}
 # plug-in Fréchet distances: their [low, high] belong to the "_corrected" column, never shown around the plug-in
 PLUGIN_KEYS = frozenset({"fcd", "fid", "fid_ref"})
+# metric -> the per-item array (evaluate_row's ``items``) its paired difference is computed on; "features": an FD
+ITEM_OF = {"fcd": "features", "fid": "features", "nll_bits_per_token": "nll_bits", "energy": "energy",
+           "energy_bias": "energy", "abs_mag": "abs_mag"}
+# metric -> which way is better. "none": verdicts say lower/higher. The Ising energy is one: parallel-decoding errors
+# raise it, an over-ordered model lowers it below the exact value, so lower is not better in general
+METRIC_DIRECTION = {"fcd": "lower", "fid": "lower", "kcd": "lower", "kid": "lower", "nll_bits_per_token": "lower",
+                    "energy": "none", "energy_bias": "none", "abs_mag": "none", "precision": "higher",
+                    "recall": "higher"}
 NO_PR_INTERVAL = ("precision, recall: no interval (k-NN statistics: a with-replacement resample duplicates points and "
                   "collapses the k-NN radii, so the bootstrap does not estimate their spread)")
 
@@ -126,6 +136,33 @@ def _items(result: dict[str, Any], side: str) -> dict[str, Any]:
     return items
 
 
+def paired_metric(ia: dict[str, Any], ib: dict[str, Any], metric: str, *, n_boot: int = DEFAULT_N_BOOT,
+                  seed: int = 0, level: float = LEVEL) -> Interval | None:
+    """a - b of ``metric`` from two rows' per-item arrays (``items``, paired by sample seed or held-out image) with
+    its interval: a paired bootstrap for a Fréchet distance (one reference resample per replicate, shared), a paired
+    t-interval for a per-item metric. None when the arrays are missing or unpaired."""
+    kind = ITEM_OF.get(metric)
+    if kind == "features":
+        if any(x.get(k) is None for x in (ia, ib) for k in ("features", "real_features")):
+            return None
+        return paired_difference(ia["real_features"], ia["features"], ib["features"], n_boot=n_boot, seed=seed,
+                                 level=level)
+    va, vb = (ia.get(kind), ib.get(kind)) if kind else (None, None)
+    if va is None or vb is None or len(va) != len(vb) or len(va) < 2:
+        return None
+    return paired_mean_difference(va, vb, level)
+
+
+def metric_verdict(diff: Interval | None, metric: str) -> str:
+    """"better"/"worse"/"no detectable difference" for a metric with a direction; "lower"/"higher" otherwise."""
+    if diff is None:
+        return "not available"
+    direction = METRIC_DIRECTION.get(metric, "none")
+    if direction in ("lower", "higher"):
+        return verdict(diff, lower_is_better=direction == "lower")
+    return {"better": "lower", "worse": "higher"}.get(verdict(diff), "no detectable difference")
+
+
 def compare_rows(a: dict[str, Any], b: dict[str, Any], *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0
                  ) -> dict[str, Any]:
     """Paired differences a - b of two evaluate_row results (``keep_items=True``), each with a 95 % interval and a
@@ -153,24 +190,27 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any], *, n_boot: int = DEFAULT_
     out: dict[str, Any] = {"a": a.get("row"), "b": b.get("row"), "n": len(ia["features"]),
                            "n_real": len(ia["real_features"])}
 
-    def put(name: str, va, vb, iv, lower_is_better: bool = True) -> None:
-        out.update({f"{name}_a": va, f"{name}_b": vb, f"{name}_diff": iv.estimate, f"{name}_diff_low": iv.low,
-                    f"{name}_diff_high": iv.high, f"{name}_verdict": verdict(iv, lower_is_better)})
-
+    _put(out, fd_key, a, b, fd_key, paired_metric(ia, ib, fd_key, n_boot=n_boot, seed=seed))
     real, fa, fb = ia["real_features"], ia["features"], ib["features"]
-    put(fd_key, a.get(fd_key), b.get(fd_key), paired_difference(real, fa, fb, n_boot=n_boot, seed=seed, level=LEVEL))
     if kd_key in a and kd_key in b:
         est = float(a[kd_key]) - float(b[kd_key]) if not np.array_equal(fa, fb) else 0.0
-        put(kd_key, a[kd_key], b[kd_key], paired_kid_difference(
+        _put(out, kd_key, a, b, kd_key, paired_kid_difference(
             real, fa, fb, kid_scale=float(a.get("kid_scale", 1.0)), estimate=est, n_boot=n_boot, seed=seed,
             level=LEVEL))
-    na, nb = ia.get("nll_bits"), ib.get("nll_bits")
-    if na is not None and nb is not None and len(na) == len(nb) and len(na) >= 2:
-        put("nll", a.get("nll_bits_per_token"), b.get("nll_bits_per_token"), paired_mean_difference(na, nb, LEVEL))
+    _put(out, "nll", a, b, "nll_bits_per_token", paired_metric(ia, ib, "nll_bits_per_token"))
     out["method"] = (f"{LEVEL * 100:g} % intervals of a - b: {fd_key} and {kd_key} paired bootstrap (one shared "
                      f"reference resample and one index vector for both rows per replicate, B={n_boot}; {fd_key} "
                      f"bias-corrected); nll paired t-interval over the held-out images")
     return out
+
+
+def _put(out: dict[str, Any], name: str, a: dict[str, Any], b: dict[str, Any], metric: str,
+         iv: Interval | None) -> None:
+    """``NAME_a``, ``NAME_b``, ``NAME_diff`` [low, high] and ``NAME_verdict`` of one paired difference."""
+    if iv is None:
+        return
+    out.update({f"{name}_a": a.get(metric), f"{name}_b": b.get(metric), f"{name}_diff": iv.estimate,
+                f"{name}_diff_low": iv.low, f"{name}_diff_high": iv.high, f"{name}_verdict": metric_verdict(iv, metric)})
 
 
 def _compare_exact(a: dict[str, Any], b: dict[str, Any], ia: dict[str, Any], ib: dict[str, Any]) -> dict[str, Any]:
@@ -179,16 +219,8 @@ def _compare_exact(a: dict[str, Any], b: dict[str, Any], ia: dict[str, Any], ib:
         raise ValueError(f"compare_rows: {a.get('row')!r} and {b.get('row')!r} are not paired (samples "
                          f"{len(ia['energy'])} vs {len(ib['energy'])}, seeds {a.get('seed')} vs {b.get('seed')})")
     out: dict[str, Any] = {"a": a.get("row"), "b": b.get("row"), "n": len(ia["energy"])}
-    for key, item in (("energy", "energy"), ("abs_mag", "abs_mag"), ("nll", "nll_bits")):
-        va, vb = ia.get(item), ib.get(item)
-        if va is None or vb is None or len(va) != len(vb) or len(va) < 2:
-            continue
-        iv = paired_mean_difference(va, vb, LEVEL)
-        # parallel sampling errors raise the energy (broken bonds) and lower |m|: lower energy, higher |m| = better
-        word = verdict(iv, lower_is_better=key != "abs_mag")
-        stat = "nll_bits_per_token" if key == "nll" else key
-        out.update({f"{key}_a": a.get(stat), f"{key}_b": b.get(stat), f"{key}_diff": iv.estimate,
-                    f"{key}_diff_low": iv.low, f"{key}_diff_high": iv.high, f"{key}_verdict": word})
+    for key, metric in (("energy", "energy"), ("abs_mag", "abs_mag"), ("nll", "nll_bits_per_token")):
+        _put(out, key, a, b, metric, paired_metric(ia, ib, metric))
     out["method"] = (f"{LEVEL * 100:g} % paired t-intervals of a - b over the samples (energy, |m|; sample i of both "
                      f"rows from the same seed) and over the held-out samples (nll)")
     return out

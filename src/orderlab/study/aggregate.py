@@ -7,7 +7,8 @@ Intervals (95 % by default):
   holds the training-seed spread and each model's generated-set noise) with the shared reference's noise added in
   quadrature (each model's own bootstrap half-width); K = 1 gives the one model's interval, flagged.
 * a comparison a - b: for each seed s, the paired difference of model(arm_a, s) under row a and model(arm_b, s)
-  under row b on the same reference and the same sample seeds (:func:`paired_difference` for a Fréchet distance:
+  under row b on the same reference and the same sample seeds (:func:`orderlab.analysis.uncertainty.paired_metric`,
+  the code path of `orderlab evaluate --compare`: :func:`paired_difference` for a Fréchet distance:
   one reference resample per replicate shared by both; :func:`paired_mean_difference` for per-item metrics such
   as NLL per held-out image or energy per sample); then :func:`seed_spread` over the seeds.
 """
@@ -21,18 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from orderlab.metrics.intervals import (
-    Interval,
-    paired_difference,
-    paired_mean_difference,
-    seed_spread,
-    verdict,
-)
-from orderlab.study.evaluate import ITEM_OF
+from orderlab.analysis.uncertainty import ITEM_OF, metric_verdict, paired_metric
+from orderlab.metrics.intervals import Interval, paired_mean_difference, seed_spread
 from orderlab.study.layout import cell_path, load_cell
-from orderlab.study.spec import METRIC_DIRECTION, Compare, StudySpec
+from orderlab.study.spec import Compare, StudySpec
 
-__all__ = ["Cells", "collect", "cell_summary", "comparisons", "reading", "verdict_for", "within_interval"]
+__all__ = ["Cells", "collect", "cell_summary", "comparisons", "reading", "within_interval"]
 
 _LOW_ALIASES = {"nll_bits_per_token": "nll"}
 
@@ -123,28 +118,10 @@ def _pair(spec: StudySpec, cells: Cells, metric: str, a: tuple[str, int, str], b
         if any(x is None for x in v) or len({len(x) for x in v}) > 1:
             return None
         return paired_mean_difference(v[0] - v[1], v[2] - v[3], level=float(spec.evaluate.get("level", 0.95)))
-    ia, ib = cells.items(spec, *a), cells.items(spec, *b)
     level = float(spec.evaluate.get("level", 0.95))
-    if kind == "features":
-        if "features" not in ia or "features" not in ib or "real_features" not in ia:
-            return None
-        seed = int(spec.evaluate.get("seed", 0))
-        n_boot = int(spec.evaluate.get("n_boot", 200)) or 200
-        return paired_difference(ia["real_features"], ia["features"], ib["features"], n_boot=n_boot, seed=seed,
-                                 level=level)
-    if kind not in ia or kind not in ib:
-        return None
-    return paired_mean_difference(ia[kind], ib[kind], level=level)
-
-
-def verdict_for(diff: Interval | None, metric: str) -> str:
-    """"better"/"worse"/"no detectable difference" for metrics with a direction; "higher"/"lower" otherwise."""
-    if diff is None:
-        return "not available"
-    direction = METRIC_DIRECTION.get(metric, "none")
-    if direction in ("lower", "higher"):
-        return verdict(diff, lower_is_better=direction == "lower")
-    return {"better": "lower", "worse": "higher"}.get(verdict(diff), "no detectable difference")
+    return paired_metric(cells.items(spec, *a), cells.items(spec, *b), metric,
+                         n_boot=int(spec.evaluate.get("n_boot", 200)) or 200, seed=int(spec.evaluate.get("seed", 0)),
+                         level=level)
 
 
 def comparisons(spec: StudySpec, cells: Cells) -> list[dict[str, Any]]:
@@ -167,7 +144,7 @@ def comparisons(spec: StudySpec, cells: Cells) -> list[dict[str, Any]]:
                 out.append({"name": c.name, "arm": arm or "", "a": _ref(c, "a", arm), "b": _ref(c, "b", arm) + contrast,
                             "metric": m, "K": len(per_seed),
                             "diff": iv.estimate if iv else math.nan, "low": iv.low if iv else math.nan,
-                            "high": iv.high if iv else math.nan, "verdict": verdict_for(iv, m),
+                            "high": iv.high if iv else math.nan, "verdict": metric_verdict(iv, m),
                             "per_seed": [d.corrected for d in per_seed], "flags": list(iv.flags) if iv else []})
     return out
 

@@ -10,12 +10,7 @@ import numpy as np
 
 from orderlab.study.spec import StudySpec
 
-__all__ = ["StudyEvaluator", "ITEM_OF", "scalars"]
-
-# study metric -> the per-item array its paired differences are computed on ("features": a Fréchet distance)
-ITEM_OF = {"fcd": "features", "fid": "features", "nll_bits_per_token": "nll_bits", "energy": "energy",
-           "energy_bias": "energy", "abs_mag": "abs_mag"}
-
+__all__ = ["StudyEvaluator", "scalars"]
 
 def scalars(result: dict[str, Any]) -> dict[str, Any]:
     """The JSON-able part of an evaluate_row result (numbers and strings; NaN kept as None)."""

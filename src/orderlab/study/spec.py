@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from orderlab.analysis.uncertainty import METRIC_DIRECTION  # the metrics a study can aggregate
 from orderlab.suggest import did_you_mean
 
 __all__ = ["StudySpec", "Compare", "Finding", "load_spec", "parse_spec", "EXPECT", "METRIC_DIRECTION"]
@@ -41,12 +42,6 @@ _DATA = ("dataset", "root", "prepare")
 _FIT = ("config", "args")
 _EVAL = ("num_samples", "seed", "n_boot", "batch_size", "split", "nll_samples", "level")
 EXPECT = ("better", "worse", "no_worse", "no_better", "lower", "higher", "same")
-# metrics a study can aggregate, and whether lower is better (for verdicts)
-METRIC_DIRECTION = {"fcd": "lower", "fid": "lower", "kcd": "lower", "kid": "lower", "nll_bits_per_token": "lower",
-                    # energy: parallel-decoding errors raise it, an over-ordered model lowers it below the exact value,
-                    # so "lower" is not "better" in general: verdicts say lower/higher (cells show the exact value)
-                    "energy": "none", "energy_bias": "none", "abs_mag": "none", "precision": "higher",
-                    "recall": "higher"}
 _ARM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
