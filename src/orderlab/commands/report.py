@@ -42,6 +42,15 @@ def _difference(a: dict, b: dict, n_boot: int, seed: int) -> tuple[str, str | No
     return text + f", difference {iv} (95 % paired bootstrap, N={c['n']})", c[f"{key}_verdict"]
 
 
+def _line(head: str, claim: str, v: str | None, void: str | None, words: dict[str, str]) -> str:
+    """One finding: ``head`` + what verdict ``v`` says of ``claim`` (``words``), or why there is no verdict."""
+    if void:
+        return head + f"{claim}: {void}."
+    if v is None:
+        return head + f"no verdict on {claim}."
+    return head + words[v].format(claim=claim)
+
+
 def findings(results: list[dict[str, Any]], n: int, trained: tuple[int, int] | None = None, *,
              n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> list[str]:
     """Check the anchors' two claims by paired comparisons (rows evaluated with ``keep_items=True``).
@@ -57,34 +66,23 @@ def findings(results: list[dict[str, Any]], n: int, trained: tuple[int, int] | N
     full, eighth = _find(results, "random", n), _find(results, "random", max(1, n // 8))
     if full and eighth:
         text, v = _difference(eighth, full, n_boot, seed)
-        head = f"Parallel decoding at N/8 = {n // 8} steps vs N = {n} steps (random order, same model): {text} -> "
-        if void:
-            out.append(head + f"{_ARPG}: {void}.")
-        elif v is None:
-            out.append(head + f"no verdict on {_ARPG}.")
-        elif v == "worse":
-            rel = 100 * (_fd(eighth) - _fd(full)) / max(_fd(full), 1e-9)
-            out.append(head + f"worse at N/8 ({rel:+.0f} % of the T = N value; the interval excludes 0): "
-                              f"{_ARPG} does not hold at this N.")
-        else:
-            what = "better at N/8" if v == "better" else "no detectable difference at this N"
-            out.append(head + f"{what}: consistent with {_ARPG}.")
+        rel = 100 * (_fd(eighth) - _fd(full)) / max(_fd(full), 1e-9)
+        out.append(_line(f"Parallel decoding at N/8 = {n // 8} steps vs N = {n} steps (random order, same model): "
+                         f"{text} -> ", _ARPG, v, void, {
+                             "worse": f"worse at N/8 ({rel:+.0f} % of the T = N value; the interval excludes 0): "
+                                      "{claim} does not hold at this N.",
+                             "better": "better at N/8: consistent with {claim}.",
+                             "no detectable difference": "no detectable difference at this N: consistent with "
+                                                         "{claim}."}))
     for t in sorted({r["forward_passes"] for r in results if r["schedule"] == "locality"}):
         loc, rnd = _find(results, "locality", t), _find(results, "random", t)
         if loc and rnd:
             text, v = _difference(loc, rnd, n_boot, seed)
-            head = f"Locality vs random order at T = {t}: {text} -> "
-            if void:
-                out.append(head + f"{_LPD}: {void}.")
-            elif v is None:
-                out.append(head + f"no verdict on {_LPD}.")
-            elif v == "better":
-                out.append(head + f"better: consistent with {_LPD}.")
-            elif v == "worse":
-                out.append(head + f"worse (the interval excludes 0): {_LPD} does not hold here.")
-            else:
-                out.append(head + f"no detectable difference at this N: this run neither supports nor "
-                                  f"contradicts {_LPD}.")
+            out.append(_line(f"Locality vs random order at T = {t}: {text} -> ", _LPD, v, void, {
+                "better": "better: consistent with {claim}.",
+                "worse": "worse (the interval excludes 0): {claim} does not hold here.",
+                "no detectable difference": "no detectable difference at this N: this run neither supports nor "
+                                            "contradicts {claim}."}))
     return out
 
 
