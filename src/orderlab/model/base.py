@@ -160,7 +160,7 @@ class Backbone(nn.Module):
         c = self.config
         if c.position != "rope":
             return None
-        return rope_tables(pos, c.width, c.dim // c.heads, c.rope_base, dtype, c.cond_rope)
+        return rope_tables(pos, c.width, c.dim // c.heads, c.rope_base, dtype, c.cond_rope, c.torus)
 
     @staticmethod
     def select_rows(x: torch.Tensor, num_logits: int | None, logit_rows: torch.Tensor | None) -> torch.Tensor:

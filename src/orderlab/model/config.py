@@ -75,6 +75,9 @@ class ModelConfig:
     position: Literal["rope", "learned"] = "rope"
     """2D RoPE at each token's grid position, or a learned absolute embedding (LPD)."""
     rope_base: float = 10000.0
+    rope_torus: bool = False
+    """Periodic 2D RoPE (rotations by whole cycles over the grid): attention sees displacements modulo H and W, the
+    symmetry of data on a torus such as the Ising benchmark. Needs ``position: rope``."""
     cond_tokens: int = 1
     """C, condition tokens per sample."""
     dropout: float = 0.0
@@ -136,6 +139,8 @@ class ModelConfig:
             raise ValueError(f"model.backbone.arch={self.arch!r} must name a registered backbone")
         if not isinstance(self.options, dict):
             raise ValueError(f"model.backbone.options={self.options!r} must be a mapping")
+        if self.rope_torus and self.position != "rope":
+            raise ValueError(f"model.rope_torus=True needs model.position='rope', got {self.position!r}")
         if self.dim % self.heads or (self.position == "rope" and (self.dim // self.heads) % 4):
             raise ValueError(f"model.dim={self.dim} must split into {self.heads} heads of a size divisible by 4")
 
@@ -156,6 +161,11 @@ class ModelConfig:
     @property
     def num_tokens(self) -> int:
         return self.height * self.width
+
+    @property
+    def torus(self) -> tuple[int, int] | None:
+        """(H, W) when RoPE is periodic over the grid (``rope_torus``), else None."""
+        return (self.height, self.width) if self.rope_torus else None
 
     @property
     def mask_id(self) -> int:

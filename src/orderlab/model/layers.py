@@ -91,13 +91,17 @@ def make_ffn(dim: int, style: Style) -> nn.Module:
 
 
 def rope_tables(positions: torch.Tensor, width: int, head_dim: int, base: float = 10000.0,
-                dtype: torch.dtype = torch.float32, cond: str = "identity") -> tuple[torch.Tensor, torch.Tensor]:
+                dtype: torch.dtype = torch.float32, cond: str = "identity",
+                torus: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """2D RoPE angles for row-major grid positions: half the pairs rotate by row, half by column.
 
     Args:
         positions: (B, L) row-major positions ``r * width + c``; negative entries are condition tokens.
         cond: what condition tokens get: ``identity`` (no rotation; ours) or ``zero`` (cos = sin = 0, LlamaGen's
             table, which ARPG and RandAR inherit: the class token's q and k vanish in every layer).
+        torus: (H, W) for periodic data: each axis turns by whole cycles over the grid, 2 pi k r / H with k cycling
+            through 1..H/2 (and likewise for columns), so q.k sees each displacement modulo the grid and the two
+            sides of a wrapped edge are as near as any other neighbours. None: the usual ``base`` frequencies.
     Returns:
         cos, sin: (B, 1, L, head_dim // 2).
     """
@@ -105,10 +109,14 @@ def rope_tables(positions: torch.Tensor, width: int, head_dim: int, base: float 
         raise ValueError(f"2D RoPE needs a head dim divisible by 4, got {head_dim}")
     quarter = head_dim // 4
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    freqs = base ** (-torch.arange(quarter, device=positions.device, dtype=work) / quarter)  # (Dh/4,)
+    j = torch.arange(quarter, device=positions.device, dtype=work)
+    if torus is None:
+        row_f = col_f = base ** (-j / quarter)  # (Dh/4,)
+    else:  # k = 1..n/2: higher k alias to lower ones on n sites; k = n/2 alternates sign (n odd: (n-1)/2)
+        row_f, col_f = (2 * math.pi * (1 + j % max(1, n // 2)) / n for n in torus)
     pos = positions.clamp(min=0)
     rows, cols = (pos // width).to(work), (pos % width).to(work)  # (B, L)
-    ang = torch.cat([rows.unsqueeze(-1) * freqs, cols.unsqueeze(-1) * freqs], dim=-1)  # (B, L, Dh/2)
+    ang = torch.cat([rows.unsqueeze(-1) * row_f, cols.unsqueeze(-1) * col_f], dim=-1)  # (B, L, Dh/2)
     grid = (positions >= 0).unsqueeze(-1)
     ang = ang * grid
     cos, sin = ang.cos(), ang.sin()

@@ -146,7 +146,7 @@ class RandARTransformer(StreamTransformer):
         vec = self.instruct.to(x.dtype).expand(x.shape)
         if c.position == "rope":
             b, r, _ = x.shape
-            cos, sin = rope_tables(pos, c.width, c.dim // c.heads, c.rope_base, x.dtype)  # targets: never cond
+            cos, sin = rope_tables(pos, c.width, c.dim // c.heads, c.rope_base, x.dtype, torus=c.torus)  # never cond
             vec = apply_rope(vec.reshape(b, r, c.heads, -1).transpose(1, 2), cos, sin).transpose(1, 2).reshape(b, r, -1)
         else:  # keep the learned position term the base embedding added
             vec = vec + (x - self.tok_emb.weight[0].to(x.dtype))  # row 0 is the placeholder of embed_tokens
