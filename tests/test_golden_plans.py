@@ -1,6 +1,6 @@
 """Same seed, same plan, on every machine: plans and size lists against tests/golden/plans.json.
 
-The golden file holds the exact order and sizes of 75 seeded plans (every schedule, LPD's knob settings, LPD's
+The golden file holds the exact order and sizes of 82 seeded plans (every schedule, LPD's knob settings, LPD's
 16x16/T=20 and 32x32/T=48 budgets, inpainting) and 70 size lists, including the budgets whose float value lies
 on an integer or half-integer boundary. Regenerate it only when an order is meant to change
 (tests/golden/make_golden_plans.py) and say why in the commit.

@@ -33,6 +33,11 @@ for sizes in ("lpd", "cosine", "arccos", "power:1.5", "uniform"):
 for name in ("raster", "diagonal", "lshape", "multiscale"):
     for height, width, steps in ((8, 8, None), (7, 12, None), (8, 8, 5), (7, 12, 30), (16, 16, 13)):
         PLAN_CASES.append(dict(schedule=name, knobs={}, height=height, width=width, steps=steps, seed=0))
+# mixture: which component each seed draws, and that component's plan from the same generator
+for knobs, cases in (({}, ((8, 8, 8, 0), (8, 8, 8, 1), (8, 8, 8, 2), (8, 8, 8, 3), (7, 12, 10, 0))),
+                     ({"components": ["random", "raster"], "weights": [1, 3]}, ((8, 8, 8, 0), (8, 8, 8, 1)))):
+    for height, width, steps, seed in cases:
+        PLAN_CASES.append(dict(schedule="mixture", knobs=knobs, height=height, width=width, steps=steps, seed=seed))
 # inpainting: the top half is known, only the rest is ordered
 for name in ("locality", "random", "diagonal"):
     PLAN_CASES.append(dict(schedule=name, knobs={}, height=8, width=8, steps=6, seed=2, known=list(range(32))))
