@@ -105,8 +105,9 @@ def _tiny_study(cfg: dict, tmp_path) -> None:
 
     data = {**cfg["data"], "root": str(tmp_path / "data"),
             "prepare": {**cfg["data"].get("prepare", {}), "limit": 120}}
+    args = [*cfg["fit"].get("args", []), *TINY_FIT, "--model.backbone.depth=2"]  # decoupled needs 2 layers
     tiny = dict(cfg, out=str(tmp_path / "study"), seeds=1, data=data,
-                fit={"config": str(ROOT / cfg["fit"]["config"]), "args": [*cfg["fit"].get("args", []), *TINY_FIT]},
+                fit={"config": str(ROOT / cfg["fit"]["config"]), "args": args},
                 evaluate={**cfg.get("evaluate", {}), "num_samples": 12, "nll_samples": 6, "n_boot": 10})
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(tiny))
