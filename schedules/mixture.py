@@ -22,7 +22,7 @@ class Mixture(Schedule):
     normalising), and that component plans with the same generator.
 
     The components must agree on the group sizes at a budget (``random`` and ``locality`` both use LPD's size rule by
-    default), since one training batch shares one mask. Natural budget: the first component's.
+    default), since one training batch shares one mask. Natural budget: the first component's, for every sample.
     """
 
     stochastic: ClassVar[bool] = True
@@ -62,10 +62,18 @@ class Mixture(Schedule):
                 return i
         return max(i for i, w in enumerate(self.weights) if w > 0)  # u == total up to rounding
 
+    def _budget(self, height: int, width: int, steps: int | None, known: torch.Tensor | None) -> int | None:
+        """``steps``, or for None the first component's natural budget, so that every sample of a batch gets the
+        same number of groups whichever component it draws (a throwaway generator: the sample's is not touched)."""
+        if steps is not None:
+            return steps
+        return self._schedules()[0].plan(height, width, None, torch.Generator().manual_seed(0), known).num_steps
+
     def plan(self, height: int, width: int, steps: int | None = None,
              generator: torch.Generator | None = None, known: torch.Tensor | None = None) -> Plan:
         if generator is None:
             generator = torch.Generator().manual_seed(0)
+        steps = self._budget(height, width, steps, known)
         return self._schedules()[self._pick(generator)].plan(height, width, steps, generator, known)
 
     def plan_batch(self, height: int, width: int, steps: int | None, generators: list[torch.Generator | None],
@@ -79,10 +87,15 @@ class Mixture(Schedule):
         plans: list[Plan | None] = [None] * len(gens)
         for i, sched in enumerate(self._schedules()):
             idx = [j for j, p in enumerate(picks) if p == i]
-            if idx:
-                for j, plan in zip(idx, sched.plan_batch(height, width, steps, [gens[j] for j in idx],
-                                                         [known[j] for j in idx])):
-                    plans[j] = plan
+            if not idx:
+                continue
+            if steps is None:  # the budget may depend on each sample's known cells: one at a time
+                got = [sched.plan(height, width, self._budget(height, width, None, known[j]), gens[j], known[j])
+                       for j in idx]
+            else:
+                got = sched.plan_batch(height, width, steps, [gens[j] for j in idx], [known[j] for j in idx])
+            for j, plan in zip(idx, got):
+                plans[j] = plan
         return plans
 
     def natural_steps(self, height: int, width: int) -> int:

@@ -56,3 +56,11 @@ def test_components_with_different_sizes_fail_in_one_training_batch():
     with pytest.raises(ValueError, match="different group sizes within a batch"):
         for step in range(20):  # some batch of 8 soon mixes a diagonal and a random plan at T = 5
             module.plans_for(8, 5, module.train_plans, 0, "train-plan", step)
+
+
+def test_the_natural_budget_is_the_first_components_for_every_sample():
+    mix = get_schedule("mixture", components=["random", "locality"])  # random's natural budget: N = 20
+    plans = mix.plan_batch(4, 5, None, [torch.Generator().manual_seed(s) for s in range(12)])
+    assert {p.num_steps for p in plans} == {20} and mix.natural_steps(4, 5) == 20
+    flipped = get_schedule("mixture", components=["locality", "random"])  # locality's: round(1.25 sqrt 20) = 6
+    assert {p.num_steps for p in flipped.plan_batch(4, 5, None, [torch.Generator().manual_seed(s) for s in range(12)])} == {6}
