@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from orderlab.checks import check_positive_int
 from orderlab.plan import Plan, PlanError
-from orderlab.schedule import Schedule, _grid, _known_positions, register_schedule
+from orderlab.schedule import Schedule, _grid, _known_positions, batch_known, register_schedule
 from orderlab.sizes import SizeSpec, resolve_sizes
 
 _FILLS = ("group", "generated")
@@ -109,9 +109,7 @@ class Locality(Schedule):
         through :meth:`plan` one at a time.
         """
         gens = [torch.Generator().manual_seed(0) if g is None else g for g in generators]
-        masks = [None] * len(gens) if known is None else list(known)
-        if len(masks) != len(gens):
-            raise ValueError(f"{len(masks)} known masks for {len(gens)} generators")
+        masks = batch_known(known, gens)
         n = _grid(height, width)
         kpos = [_known_positions(k, height, width) for k in masks]
         if (not gens or any(not torch.equal(k, kpos[0]) for k in kpos[1:]) or len(set(map(id, gens))) < len(gens)

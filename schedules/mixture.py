@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 
 from orderlab.plan import Plan, PlanError
-from orderlab.schedule import Schedule, get_schedule, register_schedule
+from orderlab.schedule import Schedule, batch_known, get_schedule, register_schedule
 
 
 @register_schedule("mixture")
@@ -79,23 +79,18 @@ class Mixture(Schedule):
     def plan_batch(self, height: int, width: int, steps: int | None, generators: list[torch.Generator | None],
                    known: list[torch.Tensor | None] | None = None) -> list[Plan]:
         """:meth:`plan` per generator, through each component's own batched path (locality's is much faster)."""
-        known = [None] * len(generators) if known is None else list(known)
-        if len(known) != len(generators):
-            raise ValueError(f"{len(known)} known masks for {len(generators)} generators")
+        if steps is None:  # the natural budget may depend on each sample's known cells: one at a time
+            return super().plan_batch(height, width, steps, generators, known)
+        known = batch_known(known, generators)
         gens = [torch.Generator().manual_seed(0) if g is None else g for g in generators]
         picks = [self._pick(g) for g in gens]
         plans: list[Plan | None] = [None] * len(gens)
         for i, sched in enumerate(self._schedules()):
             idx = [j for j, p in enumerate(picks) if p == i]
-            if not idx:
-                continue
-            if steps is None:  # the budget may depend on each sample's known cells: one at a time
-                got = [sched.plan(height, width, self._budget(height, width, None, known[j]), gens[j], known[j])
-                       for j in idx]
-            else:
+            if idx:
                 got = sched.plan_batch(height, width, steps, [gens[j] for j in idx], [known[j] for j in idx])
-            for j, plan in zip(idx, got):
-                plans[j] = plan
+                for j, plan in zip(idx, got):
+                    plans[j] = plan
         return plans
 
     def natural_steps(self, height: int, width: int) -> int:

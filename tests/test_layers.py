@@ -89,7 +89,7 @@ def _rolled(plan, dr, dc):
 @pytest.mark.parametrize("arch, mutual", [("stream", True), ("stream", False), ("decoupled", False)])
 def test_torus_rope_sees_displacements_modulo_the_grid(arch, mutual):
     """With rope_torus (and cond_rope zero: an unrotated class row would see absolute positions), rolling the grid
-    and the plan with it round the torus rolls the logits, for every backbone; ordinary RoPE tells the wrapped
+    and the plan with it round the torus rolls the logits (stream and decoupled); ordinary RoPE tells the wrapped
     edge apart, so the same roll changes its logits."""
     from orderlab.model.layers import apply_rope, rope_tables
 

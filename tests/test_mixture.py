@@ -63,4 +63,5 @@ def test_the_natural_budget_is_the_first_components_for_every_sample():
     plans = mix.plan_batch(4, 5, None, [torch.Generator().manual_seed(s) for s in range(12)])
     assert {p.num_steps for p in plans} == {20} and mix.natural_steps(4, 5) == 20
     flipped = get_schedule("mixture", components=["locality", "random"])  # locality's: round(1.25 sqrt 20) = 6
-    assert {p.num_steps for p in flipped.plan_batch(4, 5, None, [torch.Generator().manual_seed(s) for s in range(12)])} == {6}
+    gens = [torch.Generator().manual_seed(s) for s in range(12)]
+    assert {p.num_steps for p in flipped.plan_batch(4, 5, None, gens)} == {6}

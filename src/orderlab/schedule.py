@@ -19,7 +19,7 @@ from orderlab.registry import Registry
 from orderlab.sizes import SizeSpec, resolve_sizes
 
 __all__ = [
-    "Schedule", "OrderSchedule", "GeometricSchedule", "fit_groups",
+    "Schedule", "OrderSchedule", "GeometricSchedule", "fit_groups", "batch_known",
     "register_schedule", "get_schedule", "list_schedules", "schedule_class", "ENTRY_POINT_GROUP", "SCHEDULES",
 ]
 
@@ -44,6 +44,14 @@ def _known_positions(known: torch.Tensor | None, height: int, width: int) -> tor
     if pos.numel() == height * width:
         raise PlanError("every position is known: there is nothing to generate")
     return pos
+
+
+def batch_known(known: list | None, generators: list) -> list:
+    """``plan_batch``'s known masks as one entry per generator (None: nothing known anywhere)."""
+    known = [None] * len(generators) if known is None else list(known)
+    if len(known) != len(generators):
+        raise ValueError(f"{len(known)} known masks for {len(generators)} generators")
+    return known
 
 
 class Schedule:
@@ -89,9 +97,7 @@ class Schedule:
         A schedule may override this with a faster batched path; it must return exactly the plans :meth:`plan`
         returns for the same generators and masks, and leave each generator where :meth:`plan` would.
         """
-        known = [None] * len(generators) if known is None else list(known)
-        if len(known) != len(generators):
-            raise ValueError(f"{len(known)} known masks for {len(generators)} generators")
+        known = batch_known(known, generators)
         return [self.plan(height, width, steps, g, known=k) for g, k in zip(generators, known)]
 
     def natural_steps(self, height: int, width: int) -> int:
