@@ -57,11 +57,14 @@ INTERVAL_KEYS = {"fcd_corrected": ("fcd_low", "fcd_high"), "fid_corrected": ("fi
 # plug-in Fréchet distances: their [low, high] belong to the "_corrected" column, never shown around the plug-in
 PLUGIN_KEYS = frozenset({"fcd", "fid", "fid_ref"})
 # metric -> the per-item array (evaluate_row's ``items``) its paired difference is computed on; "features": an FD
-ITEM_OF = {"fcd": "features", "fid": "features", "nll_bits_per_token": "nll_bits", "energy": "energy",
-           "energy_bias": "energy", "abs_mag": "abs_mag"}
+# (nll_gap = NLL - the exact entropy and energy_bias = energy - the exact energy: the row against the exact value;
+# a paired difference of either is that of NLL or energy, the constant cancels)
+ITEM_OF = {"fcd": "features", "fid": "features", "nll_bits_per_token": "nll_bits", "nll_gap": "nll_bits",
+           "energy": "energy", "energy_bias": "energy", "abs_mag": "abs_mag"}
 # metric -> which way is better. "none": verdicts say lower/higher. The Ising energy is one: parallel-decoding errors
 # raise it, an over-ordered model lowers it below the exact value, so lower is not better in general
 METRIC_DIRECTION = {"fcd": "lower", "fid": "lower", "kcd": "lower", "kid": "lower", "nll_bits_per_token": "lower",
+                    "nll_gap": "lower",
                     "energy": "none", "energy_bias": "none", "abs_mag": "none", "precision": "higher",
                     "recall": "higher"}
 NO_PR_INTERVAL = ("precision, recall: no interval (k-NN statistics: a with-replacement resample duplicates points and "
