@@ -200,3 +200,19 @@ def test_prepare_sees_an_old_split_folder_as_another_preparation(digits_root, tm
     assert manifest is None and "val_fraction=0.15 there, 0.5 asked" in why
     assert existing_preparation("digits", old, PrepareOptions(val_fraction=0.15))[0] is not None
     assert existing_preparation("digits", digits_root, PrepareOptions(val_fraction=0.5))[0] is not None
+
+
+def test_the_gap_to_an_exact_value_compares_as_the_metric_itself():
+    """nll_gap (NLL - exact entropy) and energy_bias (energy - exact) are study metrics: a paired difference of
+    either is the difference of NLL or energy, per held-out grid or sample (the constant cancels)."""
+    from orderlab.analysis.uncertainty import METRIC_DIRECTION, metric_verdict, paired_metric
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.6, 0.1, 200)
+    ia, ib = {"nll_bits": base + 0.01, "energy": base}, {"nll_bits": base, "energy": base + 0.3}
+    for gap, metric in (("nll_gap", "nll_bits_per_token"), ("energy_bias", "energy")):
+        d, ref = paired_metric(ia, ib, gap), paired_metric(ia, ib, metric)
+        assert d is not None and (d.estimate, d.low, d.high) == (ref.estimate, ref.low, ref.high)
+        assert METRIC_DIRECTION[gap] == METRIC_DIRECTION[metric]
+    assert metric_verdict(paired_metric(ia, ib, "nll_gap"), "nll_gap") == "worse"
+    assert metric_verdict(paired_metric(ia, ib, "energy_bias"), "energy_bias") == "lower"
