@@ -128,3 +128,19 @@ def test_make_plans_gives_each_sample_its_own_plan():
     plans, _ = make_plans("locality", 16, 16, 20, 4, seed=7, first_index=2)
     for i, p in enumerate(plans):
         assert torch.equal(p.order, get_schedule("locality").plan(16, 16, 20, sample_generator(7, 2 + i)).order)
+
+
+def test_at_one_token_per_step_repulsion_and_fill_never_act():
+    """The Ising study compares its knob rows (repulsion 0, fill generated) at T = 8 with locality:64: at T = N a
+    group is one cell, so nothing is repelled and the free cells with a generated edge neighbour never run out
+    before the grid is full; the order is the same for every repulsion and fill, draw for draw."""
+    base = get_schedule("locality")
+    for knobs in (dict(repulsion=0), dict(repulsion=4), dict(fill="generated")):
+        other = get_schedule("locality", **knobs)
+        for h, w in ((8, 8), (5, 7)):
+            a, b = base.plan_batch(h, w, h * w, gens(range(12))), other.plan_batch(h, w, h * w, gens(range(12)))
+            assert all(torch.equal(x.order, y.order) for x, y in zip(a, b)), knobs
+    # at T = 8 they do act, so the rows differ (else the knob comparisons would be empty)
+    a = base.plan_batch(8, 8, 8, gens(range(12)))
+    b = get_schedule("locality", repulsion=0).plan_batch(8, 8, 8, gens(range(12)))
+    assert any(not torch.equal(x.order, y.order) for x, y in zip(a, b))
