@@ -161,32 +161,38 @@ def _series(spec: StudySpec, summary: list[dict[str, Any]]) -> dict[tuple[str, s
 
 
 def _plots(spec: StudySpec, summary: list[dict[str, Any]]) -> list[str]:
+    """One figure per metric: a panel per arm (shared y axis; one colour per row name in every panel), since a
+    dozen (arm, row) curves in one panel hide each other and their bands."""
     from matplotlib.figure import Figure
 
     series = _series(spec, summary)
+    arms = [a for a in spec.arms if any(k[0] == a for k in series)]
+    names = list(dict.fromkeys(name for _, name in series))
+    colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
     paths = []
     for m in spec.metrics:
-        fig = Figure(figsize=(6.4, 4.2))
-        ax = fig.add_subplot(1, 1, 1)
+        fig = Figure(figsize=(1.0 + 3.6 * max(len(arms), 1), 4.2))
+        axes = fig.subplots(1, max(len(arms), 1), sharey=True, squeeze=False)[0]
         drawn = 0
-        for (arm, name), cells in series.items():
-            pts = [e for e in cells if not math.isnan(e[m])]
-            if not pts:
-                continue
-            t = [e["steps"] for e in pts]
-            label = f"{arm}: {name}" if len(spec.arms) > 1 else name
-            line, = ax.plot(t, [e[m] for e in pts], marker="o", label=label)
-            lo, hi = [e[f"{m}_low"] for e in pts], [e[f"{m}_high"] for e in pts]
-            if not any(math.isnan(x) for x in lo + hi):
-                ax.fill_between(t, lo, hi, alpha=0.2, color=line.get_color())
-            drawn += 1
+        for ax, arm in zip(axes, arms):
+            for (a, name), cells in series.items():
+                pts = [e for e in cells if not math.isnan(e[m])] if a == arm else []
+                if not pts:
+                    continue
+                t = [e["steps"] for e in pts]
+                ax.plot(t, [e[m] for e in pts], marker="o", label=name, color=colour[name])
+                lo, hi = [e[f"{m}_low"] for e in pts], [e[f"{m}_high"] for e in pts]
+                if not any(math.isnan(x) for x in lo + hi):
+                    ax.fill_between(t, lo, hi, alpha=0.15, color=colour[name])
+                drawn += 1
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("steps T (forward passes)")
+            ax.set_title(f"arm {arm}" if len(arms) > 1 else "", fontsize=9)
+            ax.legend(fontsize=7)
         if not drawn:
             continue
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("steps T (forward passes)")
-        ax.set_ylabel(f"{m} (bias-corrected)" if m in ("fcd", "fid") else m)
-        ax.set_title(f"{spec.name}: {m} vs T (mean over seeds, 95 % band)", fontsize=9)
-        ax.legend(fontsize=7)
+        axes[0].set_ylabel(f"{m} (bias-corrected)" if m in ("fcd", "fid") else m)
+        fig.suptitle(f"{spec.name}: {m} vs T (mean over seeds, 95 % band)", fontsize=9)
         fig.tight_layout()
         path = os.path.join(spec.out, "plots", f"{m}_vs_steps.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
