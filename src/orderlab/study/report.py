@@ -170,13 +170,15 @@ def _plots(spec: StudySpec, summary: list[dict[str, Any]]) -> list[str]:
     names = list(dict.fromkeys(name for _, name in series))
     colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
     paths = []
+    if not arms:
+        return paths
     for m in spec.metrics:
-        fig = Figure(figsize=(1.0 + 3.6 * max(len(arms), 1), 4.2))
-        axes = fig.subplots(1, max(len(arms), 1), sharey=True, squeeze=False)[0]
+        fig = Figure(figsize=(1.0 + 3.6 * len(arms), 4.2))
+        axes = fig.subplots(1, len(arms), sharey=True, squeeze=False)[0]
         drawn = 0
         for ax, arm in zip(axes, arms):
             for (a, name), cells in series.items():
-                pts = [e for e in cells if not math.isnan(e[m])] if a == arm else []
+                pts = [e for e in cells if a == arm and not math.isnan(e[m])]
                 if not pts:
                     continue
                 t = [e["steps"] for e in pts]
